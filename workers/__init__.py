@@ -1,0 +1,1 @@
+"""Worker side of rightsweep: everything that runs inside one trial."""

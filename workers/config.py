@@ -1,0 +1,157 @@
+"""The trial config: one typed model, validated on the driver and rebuilt in each worker.
+
+Every section forbids unknown keys, so a typo fails at once with the field's name
+instead of being silently ignored. Plain dicts of scalars cross the Ray boundary
+(``TrialConfig.model_dump()``) and come back through ``TrialConfig.model_validate``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+EMBEDDED = "embedded"
+LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+# Which of our roles each preset reads from which dataset column.
+SFT_PRESETS = {"alpaca": {"prompt": "instruction", "input": "input", "response": "output"}}
+PREF_PRESETS = {"hh": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}}
+DEFAULT_TEMPLATE = "User: {prompt}\nAssistant: "
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraSpec(Section):
+    r: int = Field(16, gt=0, description="LoRA rank")
+    alpha: int = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r)")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    targets: list[str] = Field(
+        default_factory=lambda: ["query_key_value"],
+        min_length=1,
+        description="module names to adapt, e.g. query_key_value (GPT-NeoX) or q_proj, v_proj (Llama)",
+    )
+
+
+class ModelSpec(Section):
+    name: str = Field(EMBEDDED, description="'embedded' (the tiny offline model), a hub name, or a local path")
+    revision: str | None = Field(None, description="hub revision (branch, tag or commit)")
+    trust_remote_code: bool = Field(False, description="run model code shipped with a hub repo; off by default")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="float32 on CPU (bf16 is ~8x slower on these CPUs); bfloat16 on GPUs"
+    )
+    lora: LoraSpec | None = Field(None, description="train LoRA adapters instead of all weights")
+
+
+class DatasetSpec(Section):
+    source: str = Field(EMBEDDED, description="'embedded', a hub dataset name, or a local .json/.jsonl/.parquet")
+    preset: Literal["alpaca", "hh", "custom"] | None = Field(
+        None, description="column preset; default alpaca for SFT, hh for preference data"
+    )
+    columns: dict[str, str] | None = Field(
+        None,
+        description="role -> column: SFT roles prompt, input (optional), response; "
+        "preference roles prompt, chosen, rejected. Overrides the preset.",
+    )
+    split: str = "train"
+    eval_split: str | None = Field(None, description="named held-out split; else eval_size rows are held out")
+    eval_size: int = Field(64, gt=0, description="held-out rows (taken from the training split unless eval_split)")
+    max_rows: int | None = Field(None, gt=0, description="use at most this many training rows")
+    template: str | None = Field(
+        None, description="prompt template with {prompt}; default 'User: {prompt}\\nAssistant: ' ('{prompt}' for hh)"
+    )
+
+    @field_validator("template")
+    @classmethod
+    def _has_placeholder(cls, v: str | None) -> str | None:
+        if v is not None and "{prompt}" not in v:
+            raise ValueError("template must contain '{prompt}'")
+        return v
+
+    @property
+    def is_local(self) -> bool:
+        return Path(self.source).suffix in LOCAL_SUFFIXES
+
+    def resolved(self, kind: Literal["sft", "pref"]) -> "DatasetSpec":
+        """Fill the preset's columns and template; make a local path absolute (workers run elsewhere)."""
+        presets = SFT_PRESETS if kind == "sft" else PREF_PRESETS
+        preset = self.preset or ("alpaca" if kind == "sft" else "hh")
+        if preset != "custom" and preset not in presets:
+            allowed = ", ".join([*presets, "custom"])
+            raise ValueError(f"preset {preset!r} is not for {kind} data; allowed: {allowed}")
+        columns = dict(presets.get(preset, {}))
+        columns.update(self.columns or {})
+        needed = {"prompt", "response"} if kind == "sft" else {"prompt", "chosen", "rejected"}
+        allowed_roles = needed | ({"input"} if kind == "sft" else set())
+        if missing := needed - columns.keys():
+            raise ValueError(f"columns must map {sorted(missing)} for {kind} data (preset {preset!r})")
+        if extra := columns.keys() - allowed_roles:
+            raise ValueError(f"unknown column roles {sorted(extra)}; allowed: {sorted(allowed_roles)}")
+        template = self.template or ("{prompt}" if preset == "hh" else DEFAULT_TEMPLATE)
+        source = str(Path(self.source).expanduser().resolve()) if self.is_local else self.source
+        return self.model_copy(update={"preset": preset, "columns": columns, "template": template, "source": source})
+
+
+class DataSpec(Section):
+    sft: DatasetSpec = Field(default_factory=DatasetSpec)
+    pref: DatasetSpec = Field(default_factory=DatasetSpec)
+    max_len: int = Field(128, gt=1, description="tokens per sequence; responses are truncated, long prompts dropped")
+    seed: int = Field(0, description="seed of the held-out split")
+
+
+class TrainSpec(Section):
+    schedule: Literal["sequential", "mix", "alright", "maxright"] = "alright"
+    lam: float = Field(0.5, ge=0.0, le=1.0, description="weight on DPO: target is lam*f_DPO + (1-lam)*f_SFT")
+    total_steps: int = Field(600, gt=0, description="optimizer steps")
+    seed: int = 0
+    batch_size: int = Field(16, gt=0, description="rows per objective per step per worker")
+    eval_batch_size: int = Field(64, gt=0)
+    lr: float = Field(5e-5, gt=0.0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    beta: float = Field(0.1, gt=0.0, description="DPO inverse temperature")
+    maxright_eval_every: int = Field(10, gt=0, description="MAXRIGHT k: recompute both scores every k steps")
+    f_star_sft: float | None = Field(None, description="best reachable SFT loss (MAXRIGHT); from the anchors if unset")
+    f_star_dpo: float | None = Field(None, description="best reachable DPO loss (MAXRIGHT); from the anchors if unset")
+    sequential_order: Literal["dpo_first", "sft_first"] = "dpo_first"
+    sequential_switch_step: int | None = Field(None, ge=0, description="explicit switch step; default round(lam*T)")
+    eval_every: int = Field(50, gt=0)
+    checkpoint_every: int = Field(0, ge=0, description="steps between resumable checkpoints; 0: only at the end")
+    stop_after: int | None = Field(
+        None, gt=0, description="end this run after this many steps with a checkpoint; a rerun of the same run resumes"
+    )
+
+    @model_validator(mode="after")
+    def _maxright_needs_anchors(self) -> "TrainSpec":
+        if self.schedule == "maxright" and (self.f_star_sft is None or self.f_star_dpo is None):
+            raise ValueError("schedule 'maxright' needs f_star_sft and f_star_dpo (or the sweep's anchor stage)")
+        return self
+
+    def schedule_options(self) -> dict:
+        if self.schedule == "sequential":
+            return {"order": self.sequential_order, "switch_step": self.sequential_switch_step}
+        if self.schedule == "maxright":
+            return {"f_star_sft": self.f_star_sft, "f_star_dpo": self.f_star_dpo, "eval_every": self.maxright_eval_every}
+        return {}
+
+
+class TrialConfig(Section):
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    data: DataSpec = Field(default_factory=DataSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    cache_dir: str = Field("~/.cache/rightsweep", description="embedded base model, data and reference log-probs")
+    output_dir: str | None = Field(None, description="where the final model and trajectory go (set by the driver)")
+
+    def resolved(self) -> "TrialConfig":
+        """Absolute paths and filled presets: what the driver hands to the workers."""
+        data = self.data.model_copy(update={"sft": self.data.sft.resolved("sft"), "pref": self.data.pref.resolved("pref")})
+        update = {"data": data, "cache_dir": str(Path(self.cache_dir).expanduser().resolve())}
+        if Path(self.model.name).expanduser().exists():
+            update["model"] = self.model.model_copy(update={"name": str(Path(self.model.name).expanduser().resolve())})
+        if self.output_dir is not None:
+            update["output_dir"] = str(Path(self.output_dir).expanduser().resolve())
+        return self.model_copy(update=update)

@@ -1,0 +1,258 @@
+"""Datasets in, padded batches out: loading, presets, templates, masking, collation.
+
+Hub names and local files go through the same ``datasets.load_dataset`` call, so the
+embedded default (written to jsonl) exercises the path real data takes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from workers.config import DEFAULT_TEMPLATE, EMBEDDED, LOCAL_SUFFIXES, DatasetSpec
+
+log = logging.getLogger("rightsweep.data")
+
+
+def alpaca_prompt_text(instruction: str, input_text: str | None) -> str:
+    """Alpaca's ``input`` is part of the prompt: instruction, blank line, input."""
+    if input_text and input_text.strip():
+        return f"{instruction}\n\n{input_text}"
+    return instruction
+
+
+def render_prompt(text: str, template: str = DEFAULT_TEMPLATE) -> str:
+    # replace, not str.format: user text may hold braces.
+    return template.replace("{prompt}", text)
+
+
+def load_table(source: str, split: str, revision: str | None = None):
+    """A ``datasets.Dataset`` from a local json/jsonl/parquet file or a hub name."""
+    import datasets
+
+    suffix = Path(source).suffix
+    if suffix in LOCAL_SUFFIXES:
+        if not Path(source).is_file():
+            raise FileNotFoundError(f"dataset file {source} does not exist")
+        return datasets.load_dataset(LOCAL_SUFFIXES[suffix], data_files=source, split="train")
+    try:
+        return datasets.load_dataset(source, split=split, revision=revision)
+    except Exception as e:  # offline hub failures surface as many exception types
+        raise RuntimeError(
+            f"could not load dataset {source!r} (split {split!r}): {e}. A hub dataset needs network "
+            "access; offline, give a local .json/.jsonl/.parquet path with the same columns."
+        ) from e
+
+
+@dataclass
+class Counts:
+    rows: int = 0
+    truncated: int = 0
+    dropped: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.rows} rows, {self.truncated} truncated, {self.dropped} dropped (prompt alone >= max_len)"
+
+
+def _encode(tokenizer, prompts: list[str], responses: list[list[str]], max_len: int):
+    """Tokenize prompts and, per row, one or more responses (SFT: 1, pairs: 2).
+
+    Prompt and response are tokenized apart so the prompt mask is exact; the response
+    gets EOS and is cut from its end to fit ``max_len``. A row whose prompt leaves no room
+    for a response token is dropped.
+    """
+    eos = tokenizer.eos_token_id
+    p_ids = tokenizer(prompts)["input_ids"]
+    r_ids = [tokenizer(list(col), add_special_tokens=False)["input_ids"] for col in zip(*responses)]
+    out, truncated, dropped = [], 0, 0
+    for i, p in enumerate(p_ids):
+        room = max_len - len(p)
+        if room < 1:
+            dropped += 1
+            out.append(None)
+            continue
+        seqs = []
+        row_truncated = False
+        for col in r_ids:
+            r = col[i] + [eos]
+            row_truncated |= len(r) > room
+            r = r[:room]
+            seqs.append((p + r, [0] * len(p) + [1] * len(r)))
+        truncated += row_truncated
+        out.append(seqs)
+    return out, truncated, dropped
+
+
+def tokenize_sft(table, spec: DatasetSpec, tokenizer, max_len: int) -> tuple[Any, Counts]:
+    cols = spec.columns
+    _require_columns(table, cols, spec.source)
+    prompts = [
+        render_prompt(alpaca_prompt_text(row[cols["prompt"]], row[cols["input"]] if "input" in cols else None), spec.template)
+        for row in table
+    ]
+    responses = [[r] for r in table[cols["response"]]]
+    encoded, truncated, dropped = _encode(tokenizer, prompts, responses, max_len)
+    rows = [{"input_ids": s[0][0], "loss_mask": s[0][1]} for s in encoded if s is not None]
+    return _to_dataset(rows), Counts(len(rows), truncated, dropped)
+
+
+def tokenize_pairs(table, spec: DatasetSpec, tokenizer, max_len: int) -> tuple[Any, Counts]:
+    cols = spec.columns
+    _require_columns(table, cols, spec.source)
+    prompts = [render_prompt(p, spec.template) for p in table[cols["prompt"]]]
+    responses = list(zip(table[cols["chosen"]], table[cols["rejected"]]))
+    encoded, truncated, dropped = _encode(tokenizer, prompts, responses, max_len)
+    rows = [
+        {"chosen_ids": c[0], "chosen_mask": c[1], "rejected_ids": r[0], "rejected_mask": r[1]}
+        for c, r in (s for s in encoded if s is not None)
+    ]
+    return _to_dataset(rows), Counts(len(rows), truncated, dropped)
+
+
+def _to_dataset(rows: list[dict]):
+    import datasets
+
+    if not rows:
+        return datasets.Dataset.from_dict({})
+    return datasets.Dataset.from_list(rows)
+
+
+def _require_columns(table, columns: dict[str, str], source: str) -> None:
+    missing = sorted(set(columns.values()) - set(table.column_names))
+    if missing:
+        raise ValueError(f"dataset {source} has no column(s) {missing}; it has {table.column_names}")
+
+
+def split_table(table, spec: DatasetSpec, seed: int, revision: str | None = None):
+    """(train, eval) raw tables: a named eval split, or ``eval_size`` held-out rows."""
+    if spec.eval_split is not None:
+        train, held = table, load_table(spec.source, spec.eval_split, revision)
+        held = held.select(range(min(spec.eval_size, len(held))))
+    else:
+        if len(table) <= spec.eval_size:
+            raise ValueError(f"dataset {spec.source} has {len(table)} rows; eval_size {spec.eval_size} leaves none to train on")
+        parts = table.train_test_split(test_size=spec.eval_size, seed=seed, shuffle=True)
+        train, held = parts["train"], parts["test"]
+    if spec.max_rows is not None:
+        train = train.select(range(min(spec.max_rows, len(train))))
+    return train, held
+
+
+def load_split_tokenized(spec: DatasetSpec, kind: str, tokenizer, max_len: int, seed: int, cache_dir: str):
+    """Load, hold out, tokenize, and log what was truncated or dropped. Returns (train, eval)."""
+    if spec.source == EMBEDDED:
+        from workers.embedded import ensure_embedded
+
+        spec = spec.model_copy(update={"source": str(ensure_embedded(cache_dir) / f"{kind}.jsonl")})
+    table = load_table(spec.source, spec.split)
+    train, held = split_table(table, spec, seed)
+    tokenize = tokenize_sft if kind == "sft" else tokenize_pairs
+    out = []
+    for name, part in (("train", train), ("eval", held)):
+        ds, counts = tokenize(part, spec, tokenizer, max_len)
+        log.info("%s %s data from %s: %s", kind, name, spec.source, counts)
+        if counts.rows == 0:
+            raise ValueError(f"{kind} {name} data from {spec.source} is empty after max_len={max_len} ({counts})")
+        out.append(ds)
+    return tuple(out)
+
+
+def pad(seqs: list[list[int]], value: int) -> torch.Tensor:
+    width = max(len(s) for s in seqs)
+    out = torch.full((len(seqs), width), value, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+    return out
+
+
+def collate_sft(rows: dict[str, list], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded batch; ``attention_mask`` covers real tokens, ``loss_mask`` response tokens."""
+    ids = rows["input_ids"]
+    return {
+        "input_ids": pad(ids, pad_id),
+        "attention_mask": pad([[1] * len(s) for s in ids], 0),
+        "loss_mask": pad(rows["loss_mask"], 0),
+    }
+
+
+def collate_pairs(rows: dict[str, list], pad_id: int) -> dict[str, torch.Tensor]:
+    """Chosen rows then rejected rows in one [2B, T] batch: one forward pass per pair batch."""
+    ids = rows["chosen_ids"] + rows["rejected_ids"]
+    batch = {
+        "input_ids": pad(ids, pad_id),
+        "attention_mask": pad([[1] * len(s) for s in ids], 0),
+        "loss_mask": pad(rows["chosen_mask"] + rows["rejected_mask"], 0),
+    }
+    if "ref_chosen" in rows:
+        batch["ref_chosen"] = torch.tensor(rows["ref_chosen"], dtype=torch.float32)
+        batch["ref_rejected"] = torch.tensor(rows["ref_rejected"], dtype=torch.float32)
+    return batch
+
+
+class BatchStream:
+    """An endless, resumable stream of one rank's training batches.
+
+    It advances only when ``next()`` is called (only when its objective is stepped),
+    so ``peek()`` lets MAXRIGHT score the batch it would use without consuming it. Each
+    epoch is a fresh permutation seeded by (seed, epoch), the same on every rank; rank r
+    takes every world-th index of it, trimmed so all ranks have the same number of batches.
+    """
+
+    def __init__(self, dataset, batch_size: int, seed: int, collate: Callable, rank: int = 0, world_size: int = 1):
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.seed = seed
+        self.collate = collate
+        self.rank = rank
+        self.world_size = world_size
+        per_rank = len(dataset) // world_size
+        self.batches_per_epoch = per_rank // batch_size
+        if self.batches_per_epoch == 0:
+            raise ValueError(
+                f"{len(dataset)} training rows cannot fill one batch of {batch_size} on each of {world_size} workers"
+            )
+        self.epoch = 0
+        self.position = 0
+        self._order_epoch = -1
+        self._order: np.ndarray | None = None
+        self._peeked: tuple[tuple[int, int], dict] | None = None
+
+    def _indices(self) -> np.ndarray:
+        if self._order_epoch != self.epoch:
+            perm = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.dataset))
+            usable = self.batches_per_epoch * self.batch_size * self.world_size
+            self._order = perm[:usable][self.rank :: self.world_size]
+            self._order_epoch = self.epoch
+        start = self.position * self.batch_size
+        return self._order[start : start + self.batch_size]
+
+    def peek(self) -> dict:
+        key = (self.epoch, self.position)
+        if self._peeked is None or self._peeked[0] != key:
+            self._peeked = (key, self.collate(self.dataset[self._indices().tolist()]))
+        return self._peeked[1]
+
+    def next(self) -> dict:
+        batch = self.peek()
+        self.position += 1
+        if self.position == self.batches_per_epoch:
+            self.epoch, self.position = self.epoch + 1, 0
+        return batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+
+def eval_batches(dataset, batch_size: int, collate: Callable, rank: int = 0, world_size: int = 1):
+    """This rank's share of a held-out set (every world-th row), in order, nothing dropped."""
+    indices = list(range(rank, len(dataset), world_size))
+    for start in range(0, len(indices), batch_size):
+        yield collate(dataset[indices[start : start + batch_size]])

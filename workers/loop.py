@@ -1,0 +1,342 @@
+"""The alternating SFT/DPO training loop: one function a Ray Train worker runs.
+
+``train_loop_per_worker(config)`` rebuilds the typed config and calls ``fit``; ``fit``
+sets up, optionally resumes, then runs ``total_steps`` optimizer steps where the schedule
+decides which objective(s) get a gradient, evaluating both held-out losses as it goes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from workers.config import TrialConfig
+from workers.data import BatchStream, collate_pairs, collate_sft, eval_batches, load_split_tokenized
+from workers.losses import dpo_loss, sequence_logps, sft_loss, shift_for_causal_lm
+from workers.model import load_policy, load_tokenizer
+from workers.reference import attach_reference, ensure_reference, policy_pair_logps
+from workers.schedules import Plan, Schedule, make_schedule
+from workers.session import LocalSession, RaySession, all_gather_int, all_reduce_, barrier, distributed, scratch_dir
+
+log = logging.getLogger("rightsweep.loop")
+
+OBJECTIVES = ("sft", "dpo")
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train entry point: a plain dict in, the same typed config rebuilt here."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    fit(TrialConfig.model_validate(config), RaySession())
+
+
+@dataclass
+class Setup:
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    streams: dict[str, BatchStream]
+    sft_eval: object
+    pref_eval: object
+    pad_id: int
+    tokenizer: object
+
+
+@dataclass
+class Progress:
+    """What a checkpoint must carry besides weights and optimizer to continue exactly."""
+
+    step: int = 0
+    decisions: str = ""  # one letter a step: S, D, or M (both)
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    updates: dict = field(default_factory=lambda: {"sft": 0, "dpo": 0})
+    tokens: dict = field(default_factory=lambda: {"sft": 0, "dpo": 0})
+    trajectory: list = field(default_factory=list)
+
+
+class Window:
+    """Training losses since the last report, summed as tensors: a ``.item()`` per step
+    would force a host sync every step, which costs real time at small model sizes."""
+
+    def __init__(self):
+        self.sums = {k: torch.zeros(()) for k in OBJECTIVES}
+        self.counts = {k: 0 for k in OBJECTIVES}
+
+    def add(self, name: str, loss: torch.Tensor) -> None:
+        self.sums[name] = self.sums[name] + loss.cpu()
+        self.counts[name] += 1
+
+    def means(self) -> dict[str, float]:
+        return {f"train/{k}_loss": float(self.sums[k]) / n for k, n in self.counts.items() if n}
+
+
+def fit(cfg: TrialConfig, session) -> list[dict]:
+    """Run one trial; returns the trajectory (one dict of metrics per evaluation)."""
+    t = cfg.train
+    with session.latest_checkpoint() as resume_dir:
+        s = setup(cfg, session, resume_dir)
+        progress = load_progress(resume_dir, s) if resume_dir else Progress()
+    if resume_dir:
+        log.info("rank %d resumed at step %d", session.rank, progress.step)
+    stop = min(t.total_steps, t.stop_after or t.total_steps)
+    if progress.step == 0:
+        report(session, s, cfg, progress, checkpoint=False)  # the initial point of the trajectory
+
+    window = Window()
+    while progress.step < stop:
+        started = time.perf_counter()
+        losses = train_step(s, cfg, progress.step, session.device)
+        progress.train_seconds += time.perf_counter() - started
+        record_step(progress, losses, window)
+
+        step = progress.step
+        checkpoint = step == stop or (t.checkpoint_every > 0 and step % t.checkpoint_every == 0)
+        if checkpoint or step % t.eval_every == 0:
+            report(session, s, cfg, progress, checkpoint=checkpoint, window=window)
+            window = Window()
+
+    if progress.step == t.total_steps and session.rank == 0 and cfg.output_dir:
+        save_final(cfg.output_dir, s, progress)
+    return progress.trajectory
+
+
+def setup(cfg: TrialConfig, session, resume_dir: str | None) -> Setup:
+    t = cfg.train
+    torch.manual_seed(t.seed)
+    tokenizer = load_tokenizer(cfg.model, cfg.cache_dir)
+    pad_id = tokenizer.pad_token_id
+    sft_train, sft_eval = load_split_tokenized(cfg.data.sft, "sft", tokenizer, cfg.data.max_len, cfg.data.seed, cfg.cache_dir)
+    pref_train, pref_eval = load_split_tokenized(cfg.data.pref, "pref", tokenizer, cfg.data.max_len, cfg.data.seed, cfg.cache_dir)
+
+    # Rank 0 fills the cache (on a miss) while the others wait, then all read it.
+    if session.rank == 0:
+        ensure_reference(cfg, tokenizer, pref_train, pref_eval, session.device)
+    barrier()
+    (ref_train, ref_eval), _ = ensure_reference(cfg, tokenizer, pref_train, pref_eval, session.device)
+    pref_train = attach_reference(pref_train, *ref_train)
+    pref_eval = attach_reference(pref_eval, *ref_eval)
+
+    model = load_policy(cfg.model, cfg.cache_dir, session.device, resume_dir=resume_dir)
+    model.train()
+    if distributed():
+        import ray.train.torch
+
+        model = ray.train.torch.prepare_model(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+    schedule = make_schedule(t.schedule, t.lam, t.total_steps, seed=t.seed, **t.schedule_options())
+    rank, world = session.rank, session.world_size
+    streams = {
+        "sft": BatchStream(sft_train, t.batch_size, t.seed, lambda r: collate_sft(r, pad_id), rank, world),
+        # A different seed stream for pairs so the two orders are not correlated.
+        "dpo": BatchStream(pref_train, t.batch_size, t.seed + 1, lambda r: collate_pairs(r, pad_id), rank, world),
+    }
+    return Setup(model, optimizer, schedule, streams, sft_eval, pref_eval, pad_id, tokenizer)
+
+
+def objective_loss(name: str, model, batch: dict, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, response tokens) of one objective on one batch."""
+    if name == "sft":
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        shifted = shift_for_causal_lm(logits, batch["input_ids"], batch["loss_mask"])
+        return sft_loss(*shifted), shifted[2].sum()
+    chosen, rejected = policy_pair_logps(model, batch)
+    losses, _, _ = dpo_loss(chosen, rejected, batch["ref_chosen"], batch["ref_rejected"], beta)
+    return losses.mean(), batch["loss_mask"][:, 1:].sum()
+
+
+def unwrap(model):
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def train_step(s: Setup, cfg: TrialConfig, step: int, device) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """One optimizer step as the schedule plans it; returns {objective: (loss, tokens)}."""
+    beta = cfg.train.beta
+    if s.schedule.wants_scores(step):
+        refresh_scores(s, beta, device)
+    plan: Plan = s.schedule.plan(step)
+    weights = {"sft": plan.sft_weight, "dpo": plan.dpo_weight}
+    active = [k for k in OBJECTIVES if weights[k] > 0]
+    out = {}
+    for i, name in enumerate(active):
+        batch = to_device(s.streams[name].next(), device)
+        # Mix: two backward passes, one graph alive at a time (half the peak activation
+        # memory of one backward of the sum, same gradient). Under DDP only the last
+        # backward may all-reduce, or the first objective's gradient is reduced twice.
+        last = i == len(active) - 1
+        sync = contextlib.nullcontext() if last or not distributed() else s.model.no_sync()
+        with sync:
+            loss, tokens = objective_loss(name, s.model, batch, beta)
+            (weights[name] * loss).backward()
+        out[name] = (loss.detach(), tokens)
+    torch.nn.utils.clip_grad_norm_(s.model.parameters(), cfg.train.max_grad_norm)
+    s.optimizer.step()
+    s.optimizer.zero_grad(set_to_none=True)
+    if s.schedule.observes:
+        # The stepped objective's score comes from the loss just computed (mean over ranks,
+        # so every rank's schedule sees the same number).
+        s.schedule.observe(**{k: mean_over_ranks(v[0]) for k, v in out.items()})
+    return out
+
+
+@torch.no_grad()
+def refresh_scores(s: Setup, beta: float, device) -> None:
+    """MAXRIGHT's periodic re-evaluation: both losses on the batches each objective would
+    use next (peeked, not consumed), averaged over ranks."""
+    model = unwrap(s.model)
+    scores = {k: mean_over_ranks(objective_loss(k, model, to_device(s.streams[k].peek(), device), beta)[0]) for k in OBJECTIVES}
+    s.schedule.observe(**scores)
+
+
+def mean_over_ranks(x: torch.Tensor) -> float:
+    x = x.detach().float().clone()
+    all_reduce_(x)
+    return float(x) / (torch.distributed.get_world_size() if distributed() else 1)
+
+
+def to_device(batch: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def record_step(progress: Progress, losses: dict, window: Window) -> None:
+    progress.step += 1
+    progress.decisions += "M" if len(losses) == 2 else ("S" if "sft" in losses else "D")
+    for name, (loss, tokens) in losses.items():
+        progress.updates[name] += 1
+        progress.tokens[name] += tokens  # a tensor until the next report
+        window.add(name, loss)
+
+
+@torch.no_grad()
+def evaluate(s: Setup, beta: float, device, batch_size: int, rank: int, world: int) -> dict[str, float]:
+    """Held-out losses and preference accuracy; each rank takes a share, sums are all-reduced."""
+    model = unwrap(s.model)
+    was_training = model.training
+    model.eval()
+    # nll sum, response tokens, dpo loss sum, pairs, correct pairs, reward margin sum
+    sums = torch.zeros(6, dtype=torch.float64, device=device)
+    for batch in eval_batches(s.sft_eval, batch_size, lambda r: collate_sft(r, s.pad_id), rank, world):
+        batch = to_device(batch, device)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        shifted = shift_for_causal_lm(logits, batch["input_ids"], batch["loss_mask"])
+        sums[0] -= sequence_logps(*shifted).sum().double()
+        sums[1] += shifted[2].sum()
+    for batch in eval_batches(s.pref_eval, batch_size, lambda r: collate_pairs(r, s.pad_id), rank, world):
+        batch = to_device(batch, device)
+        chosen, rejected = policy_pair_logps(model, batch)
+        losses, cr, rr = dpo_loss(chosen, rejected, batch["ref_chosen"], batch["ref_rejected"], beta)
+        sums[2] += losses.sum().double()
+        sums[3] += len(losses)
+        sums[4] += (cr > rr).sum()
+        sums[5] += (cr - rr).sum().double()
+    all_reduce_(sums)
+    model.train(was_training)
+    nll, tokens, dpo, pairs, correct, margin = sums.tolist()
+    return {
+        "eval/sft_loss": nll / tokens,
+        "eval/dpo_loss": dpo / pairs,
+        "eval/pref_accuracy": correct / pairs,
+        "rewards/margin": margin / pairs,
+    }
+
+
+def decisions_digest(decisions: str) -> int:
+    return int(hashlib.sha256(decisions.encode()).hexdigest()[:15], 16)
+
+
+def report(session, s: Setup, cfg: TrialConfig, progress: Progress, checkpoint: bool, window: Window | None = None) -> None:
+    """Evaluate, check that every rank took the same decisions, report (and checkpoint)."""
+    started = time.perf_counter()
+    metrics = {"step": progress.step}
+    metrics.update(evaluate(s, cfg.train.beta, session.device, cfg.train.eval_batch_size, session.rank, session.world_size))
+    digests = all_gather_int(decisions_digest(progress.decisions), session.device)
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"ranks took different schedule decisions by step {progress.step}: digests {digests}")
+    if window is not None:
+        metrics.update(window.means())
+    for name in OBJECTIVES:
+        progress.tokens[name] = int(progress.tokens[name])
+        metrics[f"updates/{name}"] = progress.updates[name]
+        metrics[f"tokens/{name}"] = progress.tokens[name]
+    progress.eval_seconds += time.perf_counter() - started
+    metrics["time/train_s"] = progress.train_seconds
+    metrics["time/eval_s"] = progress.eval_seconds
+    metrics["system/peak_mem_mb"] = peak_memory_mb(session.device)
+    progress.trajectory.append(metrics)
+    if session.rank == 0:
+        log.info(
+            "step %d/%d  eval sft %.4f  dpo %.4f  acc %.3f  (%d SFT / %d DPO updates, %.1fs training)",
+            progress.step, cfg.train.total_steps, metrics["eval/sft_loss"], metrics["eval/dpo_loss"],
+            metrics["eval/pref_accuracy"], progress.updates["sft"], progress.updates["dpo"], progress.train_seconds,
+        )
+    if not checkpoint:
+        session.report(metrics)
+        return
+    with scratch_dir() as d:
+        if session.rank == 0:  # one copy of the state; every rank still reports
+            save_checkpoint(d, s, progress)
+        session.report(metrics, checkpoint_dir=d if session.rank == 0 else None)
+
+
+def peak_memory_mb(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def save_checkpoint(d: str, s: Setup, progress: Progress) -> None:
+    """Weights (safetensors, via save_pretrained: the adapter alone with LoRA), optimizer
+    and RNG state as tensors for ``torch.load(weights_only=True)``, the rest as JSON."""
+    d = Path(d)
+    unwrap(s.model).save_pretrained(d / "model", safe_serialization=True)
+    torch.save(s.optimizer.state_dict(), d / "optimizer.pt")
+    torch.save({"torch": torch.get_rng_state()}, d / "rng.pt")
+    state = {
+        "step": progress.step,
+        "decisions": progress.decisions,
+        "train_seconds": progress.train_seconds,
+        "eval_seconds": progress.eval_seconds,
+        "updates": progress.updates,
+        "tokens": progress.tokens,
+        "trajectory": progress.trajectory,
+        "schedule": s.schedule.state_dict(),
+        "streams": {k: v.state_dict() for k, v in s.streams.items()},
+    }
+    (d / "state.json").write_text(json.dumps(state))
+
+
+def load_progress(d: str, s: Setup) -> Progress:
+    """Restore optimizer, RNG, schedule and data positions (the weights were loaded by setup)."""
+    d = Path(d)
+    s.optimizer.load_state_dict(torch.load(d / "optimizer.pt", weights_only=True))
+    torch.set_rng_state(torch.load(d / "rng.pt", weights_only=True)["torch"])
+    state = json.loads((d / "state.json").read_text())
+    s.schedule.load_state_dict(state["schedule"])
+    for k, stream in s.streams.items():
+        stream.load_state_dict(state["streams"][k])
+    return Progress(
+        step=state["step"],
+        decisions=state["decisions"],
+        train_seconds=state["train_seconds"],
+        eval_seconds=state["eval_seconds"],
+        updates=state["updates"],
+        tokens=state["tokens"],
+        trajectory=state["trajectory"],
+    )
+
+
+def save_final(output_dir: str, s: Setup, progress: Progress) -> None:
+    """The trained model in Hugging Face format, its tokenizer, and the trajectory."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    unwrap(s.model).save_pretrained(out / "model", safe_serialization=True)
+    s.tokenizer.save_pretrained(out / "model")
+    (out / "trajectory.json").write_text(json.dumps({"decisions": progress.decisions, "points": progress.trajectory}, indent=1))

@@ -1,0 +1,98 @@
+"""The policy: any AutoModelForCausalLM by hub name or local path, or the embedded tiny
+model; full fine-tuning or LoRA adapters via peft."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+from workers.config import EMBEDDED, ModelSpec
+from workers.embedded import ensure_embedded
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def model_path(spec: ModelSpec, cache_dir: str) -> str:
+    if spec.name == EMBEDDED:
+        return str(ensure_embedded(cache_dir) / "base")
+    return spec.name
+
+
+def _offline_hint(name: str, e: Exception) -> RuntimeError:
+    return RuntimeError(
+        f"could not load {name!r}: {e}. A hub name needs network access (or a populated Hugging Face "
+        "cache); offline, give a local path to a saved model."
+    )
+
+
+def load_tokenizer(spec: ModelSpec, cache_dir: str):
+    from transformers import AutoTokenizer
+
+    name = model_path(spec, cache_dir)
+    try:
+        tok = AutoTokenizer.from_pretrained(name, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
+    except OSError as e:
+        raise _offline_hint(name, e) from e
+    if tok.eos_token_id is None:
+        raise ValueError(f"tokenizer of {name!r} has no EOS token; responses must end with one")
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token  # padding is masked everywhere, any id will do
+    return tok
+
+
+def load_policy(spec: ModelSpec, cache_dir: str, device: torch.device, resume_dir: str | None = None, lora: bool = True):
+    """The model to train: the base weights plus fresh LoRA adapters when asked, or the
+    weights saved in a checkpoint's ``model/`` folder when resuming. ``lora=False`` gives
+    the bare base (the DPO reference)."""
+    from transformers import AutoModelForCausalLM
+
+    name = model_path(spec, cache_dir)
+    if resume_dir is not None and spec.lora is None:
+        name = str(Path(resume_dir) / "model")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            name,
+            revision=spec.revision,
+            trust_remote_code=spec.trust_remote_code,
+            dtype=DTYPES[spec.dtype],
+            use_safetensors=True,
+        )
+    except OSError as e:
+        raise _offline_hint(name, e) from e
+    model.config.use_cache = False  # no generation during training; the KV cache only costs memory
+    if spec.lora is not None and lora:
+        if resume_dir is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, Path(resume_dir) / "model", is_trainable=True)
+        else:
+            model = add_lora(model, spec)
+    return model.to(device)
+
+
+def add_lora(model, spec: ModelSpec):
+    from peft import LoraConfig, get_peft_model
+
+    lora = spec.lora
+    cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.targets, task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(model, cfg)
+    except ValueError as e:
+        names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise ValueError(f"model.lora.targets {lora.targets} match no module of {spec.name!r}; linear layers: {names}") from e
+
+
+def weights_identity(spec: ModelSpec, cache_dir: str) -> str:
+    """What the reference log-probs depend on: the base weights' bytes for a local model,
+    name and revision for a hub one."""
+    path = Path(model_path(spec, cache_dir))
+    if not path.is_dir():
+        return f"hub:{spec.name}@{spec.revision or 'main'}"
+    h = hashlib.sha256()
+    for f in sorted(path.glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 24), b""):
+                h.update(chunk)
+    return f"local:{h.hexdigest()}"

@@ -1,0 +1,106 @@
+"""Reference log-probs, computed once per (reference weights, tokenized pairs) and cached.
+
+The DPO reference is fixed for the whole run, so its sequence log-probs on every pair
+are a constant table: precomputing them means no trial holds a second model or runs a
+reference forward per step. The cache key covers everything the numbers depend on —
+the weights (or hub name and revision) and the token ids themselves, which already
+encode tokenizer, dataset, template and max_len.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from workers.data import collate_pairs, eval_batches
+from workers.losses import sequence_logps, shift_for_causal_lm
+
+
+def pairs_fingerprint(weights_id: str, *datasets) -> str:
+    h = hashlib.sha256(weights_id.encode())
+    for ds in datasets:
+        for col in ("chosen_ids", "rejected_ids", "chosen_mask", "rejected_mask"):
+            for seq in ds[col]:
+                h.update(np.asarray(seq, dtype=np.int32).tobytes())
+                h.update(b"|")
+    return h.hexdigest()[:20]
+
+
+def policy_pair_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequence log-probs of the chosen and rejected halves of a collated pair batch."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logps = sequence_logps(*shift_for_causal_lm(logits, batch["input_ids"], batch["loss_mask"]))
+    return logps.chunk(2)
+
+
+@torch.no_grad()
+def compute_reference(model, dataset, batch_size: int, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    # With LoRA the reference is the base: adapters off. (Freshly initialised adapters are a
+    # no-op anyway, but a resumed or pre-trained adapter is not.)
+    disable = getattr(model, "disable_adapter", None)
+    ctx = disable() if disable is not None else contextlib.nullcontext()
+    was_training = model.training
+    model.eval()
+    chosen, rejected = [], []
+    with ctx:
+        for batch in eval_batches(dataset, batch_size, lambda rows: collate_pairs(rows, pad_id)):
+            c, r = policy_pair_logps(model, {k: v.to(device) for k, v in batch.items()})
+            chosen.append(c.float().cpu())
+            rejected.append(r.float().cpu())
+    model.train(was_training)
+    return torch.cat(chosen), torch.cat(rejected)
+
+
+def cached_reference(cache_dir: str, fingerprint: str, compute) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """(chosen, rejected, computed_now). ``compute()`` runs only on a cache miss."""
+    path = Path(cache_dir) / "reference" / f"{fingerprint}.safetensors"
+    if path.exists():
+        t = load_file(path)
+        return t["chosen"], t["rejected"], False
+    chosen, rejected = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    save_file({"chosen": chosen.contiguous(), "rejected": rejected.contiguous()}, tmp)
+    os.replace(tmp, path)  # atomic: a concurrent reader sees all or nothing
+    return chosen, rejected, True
+
+
+def attach_reference(dataset, chosen: torch.Tensor, rejected: torch.Tensor):
+    if len(chosen) != len(dataset):
+        raise ValueError(f"reference table has {len(chosen)} rows for {len(dataset)} pairs")
+    return dataset.add_column("ref_chosen", chosen.tolist()).add_column("ref_rejected", rejected.tolist())
+
+
+def ensure_reference(cfg, tokenizer, pref_train, pref_eval, device):
+    """Reference log-probs of the train and eval pairs, from the cache or computed now
+    with the bare base model (loaded only on a miss, freed after).
+    Returns ((train_chosen, train_rejected), (eval_chosen, eval_rejected)), computed_now."""
+    from workers.model import load_policy, weights_identity
+
+    weights_id = weights_identity(cfg.model, cfg.cache_dir)
+    base = None
+
+    def compute(ds):
+        def run():
+            nonlocal base
+            if base is None:
+                base = load_policy(cfg.model, cfg.cache_dir, device, lora=False)
+            return compute_reference(base, ds, cfg.train.eval_batch_size, tokenizer.pad_token_id, device)
+
+        return run
+
+    out, computed = [], False
+    for ds in (pref_train, pref_eval):
+        chosen, rejected, now = cached_reference(cfg.cache_dir, pairs_fingerprint(weights_id, ds), compute(ds))
+        out.append((chosen, rejected))
+        computed |= now
+    del base
+    return tuple(out), computed
