@@ -97,8 +97,9 @@ def tokenize_sft(table, spec: DatasetSpec, tokenizer, max_len: int) -> tuple[Any
     ]
     responses = [[r] for r in table[cols["response"]]]
     encoded, truncated, dropped = _encode(tokenizer, prompts, responses, max_len)
-    rows = [{"input_ids": s[0][0], "loss_mask": s[0][1]} for s in encoded if s is not None]
-    return _to_dataset(rows), Counts(len(rows), truncated, dropped)
+    kept = [s[0] for s in encoded if s is not None]
+    table = TokenTable({"input_ids": [ids for ids, _ in kept], "loss_mask": [m for _, m in kept]})
+    return table, Counts(len(table), truncated, dropped)
 
 
 def tokenize_pairs(table, spec: DatasetSpec, tokenizer, max_len: int) -> tuple[Any, Counts]:
@@ -107,19 +108,47 @@ def tokenize_pairs(table, spec: DatasetSpec, tokenizer, max_len: int) -> tuple[A
     prompts = [render_prompt(p, spec.template) for p in table[cols["prompt"]]]
     responses = list(zip(table[cols["chosen"]], table[cols["rejected"]]))
     encoded, truncated, dropped = _encode(tokenizer, prompts, responses, max_len)
-    rows = [
-        {"chosen_ids": c[0], "chosen_mask": c[1], "rejected_ids": r[0], "rejected_mask": r[1]}
-        for c, r in (s for s in encoded if s is not None)
-    ]
-    return _to_dataset(rows), Counts(len(rows), truncated, dropped)
+    kept = [s for s in encoded if s is not None]
+    table = TokenTable(
+        {
+            "chosen_ids": [c[0] for c, _ in kept],
+            "chosen_mask": [c[1] for c, _ in kept],
+            "rejected_ids": [r[0] for _, r in kept],
+            "rejected_mask": [r[1] for _, r in kept],
+        }
+    )
+    return table, Counts(len(table), truncated, dropped)
 
 
-def _to_dataset(rows: list[dict]):
-    import datasets
+class TokenTable:
+    """Tokenized rows, one column per field, each sequence a compact int32 array.
 
-    if not rows:
-        return datasets.Dataset.from_dict({})
-    return datasets.Dataset.from_list(rows)
+    ``table["col"]`` is a column, ``table[[i, j]]`` a dict of columns for those rows (what
+    the collators take). Kept apart from ``datasets`` on purpose: its fingerprinting
+    pickles whole tables on every transform, which costs time and floods worker logs.
+    """
+
+    def __init__(self, columns: dict[str, list]):
+        self.columns = {
+            k: [np.asarray(v, dtype=np.int32) if isinstance(v, list) else v for v in col] for k, col in columns.items()
+        }
+        lengths = {len(col) for col in self.columns.values()}
+        if len(lengths) > 1:
+            raise ValueError(f"columns of unequal length: { {k: len(c) for k, c in self.columns.items()} }")
+        self._len = lengths.pop() if lengths else 0
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            return self.columns[key]
+        return {k: [col[i] for i in key] for k, col in self.columns.items()}
+
+    def with_column(self, name: str, values: list) -> "TokenTable":
+        if len(values) != len(self):
+            raise ValueError(f"column {name!r} has {len(values)} values for {len(self)} rows")
+        return TokenTable({**self.columns, name: list(values)})
 
 
 def _require_columns(table, columns: dict[str, str], source: str) -> None:
@@ -162,11 +191,12 @@ def load_split_tokenized(spec: DatasetSpec, kind: str, tokenizer, max_len: int, 
     return tuple(out)
 
 
-def pad(seqs: list[list[int]], value: int) -> torch.Tensor:
+def pad(seqs: list, value: int) -> torch.Tensor:
+    """Right-pad sequences to the longest in the batch."""
     width = max(len(s) for s in seqs)
     out = torch.full((len(seqs), width), value, dtype=torch.long)
     for i, s in enumerate(seqs):
-        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        out[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
     return out
 
 
@@ -175,7 +205,7 @@ def collate_sft(rows: dict[str, list], pad_id: int) -> dict[str, torch.Tensor]:
     ids = rows["input_ids"]
     return {
         "input_ids": pad(ids, pad_id),
-        "attention_mask": pad([[1] * len(s) for s in ids], 0),
+        "attention_mask": pad([np.ones(len(s)) for s in ids], 0),
         "loss_mask": pad(rows["loss_mask"], 0),
     }
 
@@ -185,7 +215,7 @@ def collate_pairs(rows: dict[str, list], pad_id: int) -> dict[str, torch.Tensor]
     ids = rows["chosen_ids"] + rows["rejected_ids"]
     batch = {
         "input_ids": pad(ids, pad_id),
-        "attention_mask": pad([[1] * len(s) for s in ids], 0),
+        "attention_mask": pad([np.ones(len(s)) for s in ids], 0),
         "loss_mask": pad(rows["chosen_mask"] + rows["rejected_mask"], 0),
     }
     if "ref_chosen" in rows:

@@ -60,6 +60,7 @@ class Progress:
     updates: dict = field(default_factory=lambda: {"sft": 0, "dpo": 0})
     tokens: dict = field(default_factory=lambda: {"sft": 0, "dpo": 0})
     trajectory: list = field(default_factory=list)
+    rank_digests: list = field(default_factory=list)  # every rank's decisions digest at the last report
 
 
 class Window:
@@ -260,6 +261,7 @@ def report(session, s: Setup, cfg: TrialConfig, progress: Progress, checkpoint: 
     digests = all_gather_int(decisions_digest(progress.decisions), session.device)
     if len(set(digests)) != 1:
         raise RuntimeError(f"ranks took different schedule decisions by step {progress.step}: digests {digests}")
+    progress.rank_digests = digests
     if window is not None:
         metrics.update(window.means())
     for name in OBJECTIVES:
@@ -339,4 +341,5 @@ def save_final(output_dir: str, s: Setup, progress: Progress) -> None:
     out.mkdir(parents=True, exist_ok=True)
     unwrap(s.model).save_pretrained(out / "model", safe_serialization=True)
     s.tokenizer.save_pretrained(out / "model")
-    (out / "trajectory.json").write_text(json.dumps({"decisions": progress.decisions, "points": progress.trajectory}, indent=1))
+    summary = {"decisions": progress.decisions, "rank_digests": progress.rank_digests, "points": progress.trajectory}
+    (out / "trajectory.json").write_text(json.dumps(summary, indent=1))

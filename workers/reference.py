@@ -15,7 +15,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -28,7 +27,7 @@ def pairs_fingerprint(weights_id: str, *datasets) -> str:
     for ds in datasets:
         for col in ("chosen_ids", "rejected_ids", "chosen_mask", "rejected_mask"):
             for seq in ds[col]:
-                h.update(np.asarray(seq, dtype=np.int32).tobytes())
+                h.update(seq.tobytes())
                 h.update(b"|")
     return h.hexdigest()[:20]
 
@@ -74,9 +73,7 @@ def cached_reference(cache_dir: str, fingerprint: str, compute) -> tuple[torch.T
 
 
 def attach_reference(dataset, chosen: torch.Tensor, rejected: torch.Tensor):
-    if len(chosen) != len(dataset):
-        raise ValueError(f"reference table has {len(chosen)} rows for {len(dataset)} pairs")
-    return dataset.add_column("ref_chosen", chosen.tolist()).add_column("ref_rejected", rejected.tolist())
+    return dataset.with_column("ref_chosen", chosen.tolist()).with_column("ref_rejected", rejected.tolist())
 
 
 def ensure_reference(cfg, tokenizer, pref_train, pref_eval, device):

@@ -1,0 +1,1 @@
+"""Driver side of rightsweep: config, Ray cluster, sweeps, tracking, Pareto fronts."""
