@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/rightsweep sweep
+	$(BIN)/rightsweep train
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

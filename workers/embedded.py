@@ -161,6 +161,7 @@ def ensure_embedded(cache_dir: str | os.PathLike, recipe: dict = RECIPE) -> Path
     if (root / "base" / "config.json").exists():
         return root
     import torch
+    from safetensors.torch import save_model
     from transformers import GPTNeoXForCausalLM
 
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -175,7 +176,11 @@ def ensure_embedded(cache_dir: str | os.PathLike, recipe: dict = RECIPE) -> Path
         torch.manual_seed(recipe["seed"])
         model = GPTNeoXForCausalLM(tiny_config(len(tokenizer), tokenizer.eos_token_id, recipe))
         _pretrain(model, tokenizer, texts, recipe)
-        model.save_pretrained(tmp / "base")
+        # Not model.save_pretrained: under torch.distributed it writes nothing on ranks > 0,
+        # and such a rank, building on its own node, would publish a folder without weights.
+        (tmp / "base").mkdir()
+        model.config.save_pretrained(tmp / "base")
+        save_model(model, str(tmp / "base" / "model.safetensors"), metadata={"format": "pt"})
         tokenizer.save_pretrained(tmp / "base")
         try:
             os.rename(tmp, root)

@@ -109,21 +109,28 @@ def fit(cfg: TrialConfig, session) -> list[dict]:
     return progress.trajectory
 
 
+def load_inputs(cfg: TrialConfig, device):
+    """Tokenizer and tokenized splits, the pairs carrying their reference log-probs."""
+    tokenizer = load_tokenizer(cfg.model, cfg.cache_dir)
+    args = (tokenizer, cfg.data.max_len, cfg.data.seed, cfg.cache_dir)
+    sft_train, sft_eval = load_split_tokenized(cfg.data.sft, "sft", *args)
+    pref_train, pref_eval = load_split_tokenized(cfg.data.pref, "pref", *args)
+    (ref_train, ref_eval), _ = ensure_reference(cfg, tokenizer, pref_train, pref_eval, device)
+    return tokenizer, sft_train, sft_eval, attach_reference(pref_train, *ref_train), attach_reference(pref_eval, *ref_eval)
+
+
 def setup(cfg: TrialConfig, session, resume_dir: str | None) -> Setup:
     t = cfg.train
     torch.manual_seed(t.seed)
-    tokenizer = load_tokenizer(cfg.model, cfg.cache_dir)
-    pad_id = tokenizer.pad_token_id
-    sft_train, sft_eval = load_split_tokenized(cfg.data.sft, "sft", tokenizer, cfg.data.max_len, cfg.data.seed, cfg.cache_dir)
-    pref_train, pref_eval = load_split_tokenized(cfg.data.pref, "pref", tokenizer, cfg.data.max_len, cfg.data.seed, cfg.cache_dir)
-
-    # Rank 0 fills the cache (on a miss) while the others wait, then all read it.
+    # Rank 0 builds what ranks share (the embedded assets, the reference cache) while the
+    # others wait; then they read it from the cache instead of all computing it at once.
     if session.rank == 0:
-        ensure_reference(cfg, tokenizer, pref_train, pref_eval, session.device)
+        inputs = load_inputs(cfg, session.device)
     barrier()
-    (ref_train, ref_eval), _ = ensure_reference(cfg, tokenizer, pref_train, pref_eval, session.device)
-    pref_train = attach_reference(pref_train, *ref_train)
-    pref_eval = attach_reference(pref_eval, *ref_eval)
+    if session.rank != 0:
+        inputs = load_inputs(cfg, session.device)
+    tokenizer, sft_train, sft_eval, pref_train, pref_eval = inputs
+    pad_id = tokenizer.pad_token_id
 
     model = load_policy(cfg.model, cfg.cache_dir, session.device, resume_dir=resume_dir)
     model.train()

@@ -1,0 +1,65 @@
+"""The loop under real Ray Train: two DDP workers (gloo), checkpoints, resume, the CLI."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from orchestrator.config import Resources, load_config
+from orchestrator.trial import build_trainer
+from workers.loop import decisions_digest
+
+
+def smoke_trial(cache_dir, out_dir, **train):
+    cfg = load_config("smoke", [f"trial.cache_dir={cache_dir}"])
+    t = cfg.trial.train.model_copy(update=train)
+    return cfg.trial.model_copy(update={"train": t, "output_dir": str(out_dir)})
+
+
+def test_two_workers_agree_and_resume_exactly(ray_local, cache_dir, tmp_path):
+    two = Resources(num_workers=2)
+    common = dict(schedule="maxright", lam=0.5, total_steps=40, eval_every=10, checkpoint_every=20,
+                  f_star_sft=0.2, f_star_dpo=0.1, maxright_eval_every=3)
+
+    whole = smoke_trial(cache_dir, tmp_path / "whole", **common)
+    result = build_trainer(whole, two, "whole", str(tmp_path)).fit()
+    assert result.error is None
+    summary = json.loads((tmp_path / "whole" / "trajectory.json").read_text())
+    decisions = summary["decisions"]
+    assert len(decisions) == 40 and set(decisions) == {"S", "D"}
+    assert summary["rank_digests"] == [decisions_digest(decisions)] * 2, "both ranks took the same decisions"
+
+    # The same run stopped after its step-20 checkpoint, then rerun under the same name.
+    stopped = smoke_trial(cache_dir, tmp_path / "resumed", **common, stop_after=20)
+    first = build_trainer(stopped, two, "resumed", str(tmp_path)).fit()
+    assert first.error is None and first.metrics["step"] == 20 and first.checkpoint is not None
+    assert not (tmp_path / "resumed" / "trajectory.json").exists()
+    rest = smoke_trial(cache_dir, tmp_path / "resumed", **common)
+    second = build_trainer(rest, two, "resumed", str(tmp_path)).fit()
+    assert second.error is None and second.metrics["step"] == 40
+    resumed = json.loads((tmp_path / "resumed" / "trajectory.json").read_text())
+    assert resumed["decisions"] == decisions
+    for key in ("eval/sft_loss", "eval/dpo_loss"):
+        assert resumed["points"][-1][key] == pytest.approx(summary["points"][-1][key], abs=1e-5)
+
+
+def test_cli_train_runs_one_trial(cache_dir, tmp_path):
+    cmd = [sys.executable, "-m", "orchestrator", "train", "--config", "smoke", "--schedule", "alright", "--lam", "0.5",
+           "--set", f"trial.cache_dir={cache_dir}", "--set", f"storage={tmp_path}"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    final = next(line for line in lines if line.startswith("final eval/sft_loss="))
+    path = next(line for line in lines if line.startswith("trajectory: ")).split(": ", 1)[1]
+    points = json.loads(open(path).read())["points"]
+    assert f"eval/sft_loss={points[-1]['eval/sft_loss']:.4f}" in final and points[-1]["step"] == 40
+
+
+def test_cli_bad_input_exits_2_before_ray(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "orchestrator", "train", "--lam", "1.5"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "trial.train.lam: Input should be less than or equal to 1" in proc.stderr
+    assert "Ray" not in proc.stderr
