@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/rightsweep train
+	$(BIN)/rightsweep sweep
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -34,6 +34,20 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int)
     t.add_argument("--num-workers", type=int, help="Ray Train workers (0: in the trial's own process)")
     t.add_argument("--name", help="run name (default: from schedule, lam and seed); reuse it to resume")
+
+    sw = sub.add_parser("sweep", help="run a Pareto sweep: anchors, then schedule x lambda grid, then the front")
+    _common(sw)
+    sw.add_argument("--resume", action="store_true", help="continue an interrupted sweep of the same name")
+
+    pa = sub.add_parser("pareto", help="rebuild the front of a sweep from the MLflow store")
+    _common(pa)
+    pa.add_argument("--experiment", help="sweep name (default: the config's name)")
+    pa.add_argument("--out", help="folder for pareto.png/csv/json (default: <storage>/<name>/report)")
+
+    ui = sub.add_parser("ui", help="serve the MLflow UI on the sweep store (127.0.0.1)")
+    _common(ui)
+    ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    ui.add_argument("--port", type=int, default=5000)
     return ap
 
 
@@ -67,11 +81,50 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    cfg = load_config(args.config, args.overrides)
+    from orchestrator.sweep import run_sweep
+
+    run_sweep(cfg, resume=args.resume)
+    return 0
+
+
+def cmd_pareto(args) -> int:
+    cfg = load_config(args.config, args.overrides)
+    name = args.experiment or cfg.name
+    from orchestrator.report import format_table
+    from orchestrator.store import rebuild
+    from orchestrator.tracking import Tracker, tracking_uri
+
+    uri = tracking_uri(cfg.tracking.tracking_uri, cfg.storage)
+    out = Path(args.out) if args.out else Path(cfg.storage) / name / "report"
+    try:
+        summary = rebuild(Tracker(uri, name, cfg.storage), out)
+    except LookupError as e:
+        print(f"rightsweep: {name}: {e}", file=sys.stderr)
+        return 1
+    print(format_table(summary))
+    print(f"Pareto plot: {out / 'pareto.png'}\ntable: {out / 'pareto.csv'}")
+    return 0
+
+
+def cmd_ui(args) -> int:
+    import subprocess
+
+    cfg = load_config(args.config, args.overrides)
+    from orchestrator.tracking import tracking_uri
+
+    uri = tracking_uri(cfg.tracking.tracking_uri, cfg.storage)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    print(f"MLflow UI on http://{args.host}:{args.port} for {uri}", flush=True)
+    return subprocess.call(cmd)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     args = parser().parse_args(argv)
     try:
-        return {"train": cmd_train}[args.command](args)
+        return {"train": cmd_train, "sweep": cmd_sweep, "pareto": cmd_pareto, "ui": cmd_ui}[args.command](args)
     except ConfigError as e:
         for line in str(e).splitlines():
             print(f"rightsweep: config error: {line}", file=sys.stderr)

@@ -7,10 +7,10 @@ answer in well under a second, before Ray or torch are imported.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from workers.config import Section, TrialConfig
 
@@ -23,13 +23,65 @@ class Resources(Section):
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)
     max_failures: int = Field(0, ge=0, description="worker restarts per trial (resume from the last checkpoint)")
+    custom: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources each training process needs, e.g. {trainer_node: 1}"
+    )
+
+    def per_process(self) -> dict[str, float]:
+        """What one training process (a worker, or the trial itself in local mode) asks of Ray."""
+        need = {"CPU": self.cpus_per_worker, **self.custom}
+        if self.use_gpu:
+            need["GPU"] = self.gpus_per_worker or 1.0
+        return need
+
+    def per_trial(self) -> dict[str, float]:
+        """Everything one trial occupies while it runs."""
+        n = max(self.num_workers, 1)
+        return {k: v * n for k, v in self.per_process().items()}
+
+
+Schedule = Literal["sequential", "mix", "alright", "maxright"]
+Lam = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class SweepSpec(Section):
+    schedules: list[Schedule] = Field(["sequential", "mix", "alright", "maxright"], min_length=1)
+    lams: list[Lam] = Field([0.25, 0.5, 0.75], min_length=1, description="λ grid, each in [0, 1]")
+    seeds: list[int] = Field([0], min_length=1)
+    anchors: bool = Field(
+        True, description="run SFT-only and DPO-only trials first to estimate f* (skipped when trial.train gives f*)"
+    )
+    max_concurrent_trials: int | None = Field(None, gt=0, description="default: as many as the cluster's resources fit")
+
+
+class TrackingSpec(Section):
+    tracking_uri: str | None = Field(
+        None, description="MLflow server or store URI; default $MLFLOW_TRACKING_URI, else SQLite under storage"
+    )
 
 
 class ExperimentConfig(Section):
-    name: str = Field("default", min_length=1, description="experiment name: MLflow experiment and storage folder")
-    storage: str = Field("results", description="folder (or shared filesystem URI) for checkpoints, results and caches")
+    name: str = Field("default", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$", description="sweep name: MLflow experiment and storage folder")
+    storage: str = Field("results", description="folder (a shared one on a cluster) for checkpoints, results, caches")
     trial: TrialConfig = Field(default_factory=TrialConfig)
     resources: Resources = Field(default_factory=Resources)
+    sweep: SweepSpec = Field(default_factory=SweepSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+
+    @model_validator(mode="after")
+    def _maxright_has_f_star(self) -> "ExperimentConfig":
+        t = self.trial.train
+        given = t.f_star_sft is not None and t.f_star_dpo is not None
+        if "maxright" in self.sweep.schedules and not given and not self.sweep.anchors:
+            raise ValueError(
+                "sweep.schedules has maxright, which needs f*: set trial.train.f_star_sft and f_star_dpo, "
+                "or sweep.anchors: true"
+            )
+        return self
+
+    @property
+    def anchors_given(self) -> bool:
+        return self.trial.train.f_star_sft is not None and self.trial.train.f_star_dpo is not None
 
 
 class ConfigError(ValueError):
@@ -99,9 +151,13 @@ def load_config(preset: str = "default", overrides: list[str] | None = None) -> 
     raw = apply_overrides(raw, overrides or [])
     try:
         cfg = ExperimentConfig.model_validate(raw)
-        trial = cfg.trial.resolved()
+        storage = Path(cfg.storage).expanduser().resolve()
+        trial = cfg.trial
+        if trial.cache_dir is None:  # shared by every trial and sweep on this storage
+            trial = trial.model_copy(update={"cache_dir": str(storage / "cache")})
+        trial = trial.resolved()
     except ValidationError as e:
         raise ConfigError(format_validation_error(e)) from None
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    return cfg.model_copy(update={"trial": trial, "storage": str(Path(cfg.storage).expanduser().resolve())})
+    return cfg.model_copy(update={"trial": trial, "storage": str(storage)})

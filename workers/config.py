@@ -143,13 +143,13 @@ class TrialConfig(Section):
     model: ModelSpec = Field(default_factory=ModelSpec)
     data: DataSpec = Field(default_factory=DataSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
-    cache_dir: str = Field("~/.cache/rightsweep", description="embedded base model, data and reference log-probs")
+    cache_dir: str | None = Field(None, description="embedded model and data, reference log-probs; default <storage>/cache")
     output_dir: str | None = Field(None, description="where the final model and trajectory go (set by the driver)")
 
     def resolved(self) -> "TrialConfig":
         """Absolute paths and filled presets: what the driver hands to the workers."""
         data = self.data.model_copy(update={"sft": self.data.sft.resolved("sft"), "pref": self.data.pref.resolved("pref")})
-        update = {"data": data, "cache_dir": str(Path(self.cache_dir).expanduser().resolve())}
+        update = {"data": data, "cache_dir": str(Path(self.cache_dir or "~/.cache/rightsweep").expanduser().resolve())}
         if Path(self.model.name).expanduser().exists():
             update["model"] = self.model.model_copy(update={"name": str(Path(self.model.name).expanduser().resolve())})
         if self.output_dir is not None:

@@ -64,10 +64,9 @@ class RaySession:
         return ray.tune if self.in_tune else ray.train
 
     def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
-        from ray.train import Checkpoint
-
-        checkpoint = Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        self._api().report(metrics, checkpoint=checkpoint)
+        api = self._api()
+        checkpoint = api.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        api.report(metrics, checkpoint=checkpoint)
 
     @contextmanager
     def latest_checkpoint(self) -> Iterator[str | None]:

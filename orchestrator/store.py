@@ -1,0 +1,49 @@
+"""Rebuild a sweep's front from the MLflow store alone (finished or interrupted sweeps)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from orchestrator.pareto import Anchors, Summary, summarize
+from orchestrator.report import write_artifacts
+from orchestrator.space import anchors_from_trajectories
+from orchestrator.sweep import dedupe_steps, publish, reference_point, trial_result
+from orchestrator.tracking import STAGE_TAG, TRIAL_TAG, Tracker
+
+log = logging.getLogger("rightsweep.pareto")
+KEYS = ("eval/sft_loss", "eval/dpo_loss", "eval/pref_accuracy", "time/train_s", "time/eval_s", "system/peak_mem_mb")
+
+
+def rebuild(tracker: Tracker, out_dir: Path, publish_to_parent: bool = True) -> Summary:
+    parent = tracker.latest_parent()
+    if parent is None:
+        raise LookupError("the experiment has no sweep run")
+    runs = [r for r in tracker.child_runs(parent.info.run_id) if r.info.status == "FINISHED"]
+    anchors_traj, main = {}, {}
+    for run in runs:
+        traj = dedupe_steps(tracker.trajectory(run.info.run_id, KEYS))
+        if not traj:
+            continue
+        p = run.data.params
+        point = {"schedule": p["schedule"], "lam": float(p["lam"]), "seed": int(p["seed"]), "stage": run.data.tags[STAGE_TAG]}
+        target = anchors_traj if point["stage"] == "anchor" else main
+        target[run.data.tags[TRIAL_TAG]] = (point, traj)
+    if not main:
+        raise LookupError(f"sweep run {parent.info.run_id} has no finished trial yet")
+    params = parent.data.params
+    if "f_star_sft" in params and "f_star_dpo" in params:
+        anchors = Anchors(float(params["f_star_sft"]), float(params["f_star_dpo"]))
+    else:
+        by_lam = {point["lam"]: traj for point, traj in anchors_traj.values()}
+        if 0.0 not in by_lam or 1.0 not in by_lam:
+            raise LookupError("no f* on the sweep run and no finished anchor trials to estimate it")
+        anchors = anchors_from_trajectories(by_lam[0.0], by_lam[1.0])
+    results = [trial_result(tid, point, traj) for tid, (point, traj) in main.items()]
+    all_traj = [traj for _, traj in [*main.values(), *anchors_traj.values()]]
+    summary = summarize(results, anchors, reference_point(all_traj))
+    write_artifacts(summary, {tid: traj for tid, (_, traj) in main.items()}, out_dir)
+    if publish_to_parent:
+        publish(tracker, parent.info.run_id, summary, out_dir, ok=parent.info.status == "FINISHED")
+    log.info("front rebuilt from %d finished trial(s) of sweep run %s", len(results), parent.info.run_id)
+    return summary

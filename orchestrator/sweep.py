@@ -1,0 +1,291 @@
+"""The sweep driver: shared preparation, the anchor stage, the main grid, the report.
+
+Runs where ``rightsweep sweep`` (or ``ray job submit … sweep``) starts it. Each stage is a
+Tune experiment under ``<storage>/<name>/tune/<stage>``, so ``--resume`` restores it and
+reruns only what did not finish.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import yaml
+
+from orchestrator.config import ExperimentConfig
+from orchestrator.pareto import Anchors, Summary, TrialResult, summarize
+from orchestrator.report import format_table, write_artifacts
+from orchestrator.space import anchor_points, anchors_from_trajectories, main_points, trial_label
+
+log = logging.getLogger("rightsweep.sweep")
+
+
+def trial_params(cfg: ExperimentConfig, point: dict) -> dict:
+    t, m, d = cfg.trial.train, cfg.trial.model, cfg.trial.data
+    return {
+        "schedule": point["schedule"], "lam": point["lam"], "seed": point["seed"], "stage": point["stage"],
+        "k": t.maxright_eval_every, "total_steps": t.total_steps, "lr": t.lr, "beta": t.beta,
+        "batch_size": t.batch_size, "model": m.name, "lora": m.lora.model_dump_json() if m.lora else "none",
+        "sft_data": d.sft.source, "pref_data": d.pref.source, "num_workers": cfg.resources.num_workers,
+    }
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def dedupe_steps(points: list[dict]) -> list[dict]:
+    """One point per step, the last reported: a resumed trial re-reports the steps after
+    its checkpoint."""
+    by_step = {int(p["step"]): p for p in points}
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def trial_result(trial_id: str, point: dict, trajectory: list[dict]) -> TrialResult:
+    last = trajectory[-1]
+    return TrialResult(
+        trial_id=trial_id, schedule=point["schedule"], lam=float(point["lam"]), seed=int(point["seed"]),
+        sft_loss=float(last["eval/sft_loss"]), dpo_loss=float(last["eval/dpo_loss"]),
+        pref_accuracy=float(last.get("eval/pref_accuracy", math.nan)),
+        runtime_s=float(last.get("time/train_s", math.nan)) + float(last.get("time/eval_s", math.nan)),
+        peak_mem_mb=float(last.get("system/peak_mem_mb", math.nan)),
+    )
+
+
+def reference_point(trajectories: list[list[dict]]) -> tuple[float, float]:
+    """The initial model's losses (every trial starts from the same base, so any step-0
+    point; the worst of them if they differ by float noise)."""
+    starts = [t[0] for t in trajectories if t and int(t[0]["step"]) == 0]
+    return (max(p["eval/sft_loss"] for p in starts), max(p["eval/dpo_loss"] for p in starts))
+
+
+class MlflowSync:
+    """Mirrors Tune's trial results into MLflow child runs as they arrive.
+
+    MLflow being down must not stop a sweep: a failed write is logged once and skipped
+    (Tune's results on storage keep everything; ``rightsweep sync`` backfills later).
+    Holds only plain values, so Tune can pickle it with the experiment state.
+    """
+
+    def __init__(self, uri: str, experiment: str, storage: str, parent_id: str, params: dict):
+        self.uri, self.experiment, self.storage, self.parent_id = uri, experiment, storage, parent_id
+        self.params = params  # label -> params of each point
+        self._tracker = None
+        self._runs: dict[str, str] = {}
+        self._warned = False
+
+    def __getstate__(self):
+        return {**self.__dict__, "_tracker": None, "_runs": {}}
+
+    def _call(self, fn):
+        try:
+            if self._tracker is None:
+                from orchestrator.tracking import Tracker
+
+                self._tracker = Tracker(self.uri, self.experiment, self.storage)
+            return fn(self._tracker)
+        except Exception as e:  # any MLflow/transport failure
+            if not self._warned:
+                log.warning("MLflow unavailable (%s); the sweep goes on, run `rightsweep sync` later to backfill", e)
+                self._warned = True
+            self._tracker = None
+            return None
+
+    def _run(self, tracker, trial) -> str:
+        if trial.trial_id not in self._runs:
+            point = trial.config["point"]
+            label = trial_label(point)
+            self._runs[trial.trial_id] = tracker.trial_run(self.parent_id, trial.trial_id, label, self.params[label], point["stage"])
+        return self._runs[trial.trial_id]
+
+    def result(self, trial, result: dict) -> None:
+        if "step" in result:
+            self._call(lambda t: t.log_points(self._run(t, trial), [result]))
+
+    def complete(self, trial, ok: bool) -> None:
+        def done(t):
+            run_id = self._run(t, trial)
+            if ok and trial.last_result.get("time_total_s") is not None:
+                t.set_tags(run_id, {"rightsweep.trial_wall_s": f"{trial.last_result['time_total_s']:.2f}"})
+            t.finish(run_id, ok)
+
+        self._call(done)
+
+
+def _tune_callback(sync: MlflowSync):
+    from ray.tune import Callback
+
+    class _Cb(Callback):
+        def __init__(self):
+            self.sync = sync
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            self.sync.result(trial, result)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.sync.complete(trial, ok=True)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self.sync.complete(trial, ok=False)
+
+    return _Cb()
+
+
+def max_concurrent(cfg: ExperimentConfig, n_trials: int) -> int:
+    """As many trials as the cluster's current resources fit (at least one: an autoscaler
+    may add nodes), unless the config says."""
+    if cfg.sweep.max_concurrent_trials:
+        return cfg.sweep.max_concurrent_trials
+    import ray
+
+    have = ray.cluster_resources()
+    need = cfg.resources.per_trial()
+    fits = min((int(have.get(k, 0) // v) for k, v in need.items() if v > 0), default=n_trials)
+    return max(1, min(fits, n_trials))
+
+
+def run_stage(cfg: ExperimentConfig, stage: str, points: list[dict], anchors: Anchors | None, sync: MlflowSync | None, resume: bool):
+    """One Tune experiment over ``points``; returns {trial_id: (point, trajectory)} of the
+    trials that finished, and the ids of those that failed."""
+    from ray import tune
+
+    from orchestrator.trial import tune_trial
+
+    sweep_dir = Path(cfg.storage) / cfg.name
+    path = sweep_dir / "tune" / stage
+    trainable = tune.with_parameters(tune_trial, experiment=cfg.model_dump(), anchors=asdict(anchors) if anchors else None)
+    # With workers, the trial process only drives a TorchTrainer; in local mode it trains.
+    trial_needs = cfg.resources.per_process() if cfg.resources.num_workers == 0 else {"CPU": 0}
+    trainable = tune.with_resources(trainable, trial_needs)
+    if resume and tune.Tuner.can_restore(str(path)):
+        log.info("resuming stage %r from %s", stage, path)
+        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"point": tune.grid_search(points)},
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=max_concurrent(cfg, len(points)),
+                trial_name_creator=lambda t: trial_label(t.config["point"]),
+                trial_dirname_creator=lambda t: f"{trial_label(t.config['point'])}-{t.trial_id}",
+            ),
+            run_config=tune.RunConfig(
+                name=stage,
+                storage_path=str(sweep_dir / "tune"),
+                callbacks=[_tune_callback(sync)] if sync else [],
+                verbose=1,
+            ),
+        )
+    grid = tuner.fit()
+    finished, failed = {}, []
+    for r in grid:
+        trial_id = r.metrics.get("trial_id") if r.metrics else None
+        if r.error is not None or r.metrics_dataframe is None:
+            failed.append(trial_id or str(r.path))
+            log.warning("trial %s failed: %s", trial_id or r.path, r.error)
+            continue
+        rows = [{k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
+                for row in r.metrics_dataframe.to_dict("records")]
+        trajectory = dedupe_steps([row for row in rows if "eval/sft_loss" in row])
+        finished[trial_id] = (r.config["point"], trajectory, r.metrics.get("time_total_s"))
+    return finished, failed
+
+
+def prepare_shared(cfg: ExperimentConfig) -> None:
+    """Build the embedded assets and the reference log-probs once, before any trial, as a
+    Ray task with a trial's resources (the reference needs the model, and maybe a GPU)."""
+    import ray
+
+    def prepare(trial: dict) -> None:
+        import torch
+
+        from workers.config import TrialConfig
+        from workers.loop import load_inputs
+
+        load_inputs(TrialConfig.model_validate(trial), torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+
+    need = cfg.resources.per_process()
+    task = ray.remote(prepare).options(num_cpus=need.pop("CPU"), num_gpus=need.pop("GPU", 0), resources=need)
+    started = time.perf_counter()
+    ray.get(task.remote(cfg.trial.model_dump()))
+    log.info("shared inputs ready (embedded assets, reference log-probs) in %.1fs", time.perf_counter() - started)
+
+
+def run_sweep(cfg: ExperimentConfig, resume: bool = False) -> Summary:
+    from orchestrator.cluster import connect
+    from orchestrator.tracking import Tracker, tracking_uri
+
+    sweep_dir = Path(cfg.storage) / cfg.name
+    state_file = sweep_dir / "sweep.json"
+    state = json.loads(state_file.read_text()) if resume and state_file.exists() else {}
+    if not resume and sweep_dir.exists() and (sweep_dir / "tune").exists():
+        moved = sweep_dir.with_name(f"{cfg.name}-prev-{time.strftime('%Y%m%d-%H%M%S')}")
+        sweep_dir.rename(moved)
+        log.info("a previous sweep %r was moved to %s (use --resume to continue one instead)", cfg.name, moved)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+
+    uri = tracking_uri(cfg.tracking.tracking_uri, cfg.storage)
+    tracker = Tracker(uri, cfg.name, cfg.storage)
+    parent_id = tracker.start_parent(cfg.name, flatten(cfg.model_dump()), state.get("parent_run_id"))
+    state.update(parent_run_id=parent_id, tracking_uri=uri)
+    state_file.write_text(json.dumps(state, indent=1))
+    log.info("MLflow: experiment %r, parent run %s, store %s", cfg.name, parent_id, uri)
+
+    connect()
+    prepare_shared(cfg)
+
+    trajectories: dict[str, list[dict]] = {}
+    if cfg.anchors_given:
+        anchors = Anchors(cfg.trial.train.f_star_sft, cfg.trial.train.f_star_dpo)
+    else:
+        points = anchor_points(cfg.sweep.seeds[0])
+        sync = MlflowSync(uri, cfg.name, cfg.storage, parent_id, {trial_label(p): trial_params(cfg, p) for p in points})
+        done, failed = run_stage(cfg, "anchors", points, None, sync, resume)
+        by_objective = {point["objective"]: traj for point, traj, _ in done.values()}
+        if set(by_objective) != {"sft", "dpo"}:
+            raise RuntimeError(f"anchor trials failed ({failed}); f* cannot be estimated")
+        anchors = anchors_from_trajectories(by_objective["sft"], by_objective["dpo"])
+        trajectories.update({tid: traj for tid, (_, traj, _) in done.items()})
+    log.info("anchors: f*_SFT=%.4f f*_DPO=%.4f", anchors.f_star_sft, anchors.f_star_dpo)
+    tracker.log_params(parent_id, {"f_star_sft": anchors.f_star_sft, "f_star_dpo": anchors.f_star_dpo})
+
+    points = main_points(cfg.sweep.schedules, cfg.sweep.lams, cfg.sweep.seeds)
+    sync = MlflowSync(uri, cfg.name, cfg.storage, parent_id, {trial_label(p): trial_params(cfg, p) for p in points})
+    done, failed = run_stage(cfg, "main", points, anchors, sync, resume)
+    if not done:
+        raise RuntimeError(f"every trial of the sweep failed: {failed}")
+    main_traj = {tid: traj for tid, (_, traj, _) in done.items()}
+    trajectories.update(main_traj)
+    results = [trial_result(tid, point, traj) for tid, (point, traj, _) in done.items()]
+    summary = summarize(results, anchors, reference_point(list(trajectories.values())))
+
+    print(format_table(summary), flush=True)
+    paths = write_artifacts(summary, main_traj, sweep_dir / "report")
+    (sweep_dir / "report" / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+    publish(tracker, parent_id, summary, sweep_dir / "report", ok=not failed)
+    print(f"Pareto plot: {paths['png']}\ntable: {paths['csv']}\nMLflow: {uri} (experiment {cfg.name!r}; `rightsweep ui` to browse)")
+    if failed:
+        print(f"{len(failed)} trial(s) failed: {', '.join(map(str, failed))}")
+    return summary
+
+
+def publish(tracker, parent_id: str, summary: Summary, report_dir: Path, ok: bool = True) -> None:
+    """The sweep's artifacts and hypervolumes on the parent run."""
+    for f in sorted(report_dir.iterdir()):
+        tracker.client.log_artifact(parent_id, str(f))
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    tracker.client.log_batch(parent_id, metrics=[Metric(f"hypervolume/{k}", v, now, 0) for k, v in summary.hypervolume.items()])
+    tracker.finish(parent_id, ok)

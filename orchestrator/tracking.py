@@ -1,0 +1,124 @@
+"""MLflow: one experiment per sweep, a parent run per sweep, a child run per trial.
+
+Everything goes through an explicit ``MlflowClient`` (no global active run), and every
+write is idempotent — a child run is found by its trial-id tag before one is created, and
+metric points already logged are skipped — so a resumed sweep or a later ``sync`` adds
+what is missing and never duplicates.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+
+TRIAL_TAG = "rightsweep.trial_id"
+ROLE_TAG = "rightsweep.role"
+STAGE_TAG = "rightsweep.stage"
+METRIC_PREFIXES = ("eval/", "train/", "updates/", "tokens/", "time/", "rewards/", "system/")
+BATCH = 900  # MLflow's log_batch takes at most 1000 metrics a call
+
+
+def tracking_uri(configured: str | None, storage: str) -> str:
+    """Config first, then ``MLFLOW_TRACKING_URI``, else an SQLite store under storage
+    (MLflow 3 refuses a plain file store unless forced)."""
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(storage) / 'mlflow.db'}"
+
+
+def trajectory_metrics(points: list[dict]) -> list[Metric]:
+    now = int(time.time() * 1000)
+    return [
+        Metric(key, float(value), now, int(p["step"]))
+        for p in points
+        for key, value in p.items()
+        if key.startswith(METRIC_PREFIXES) and isinstance(value, (int, float)) and math.isfinite(value)
+    ]
+
+
+class Tracker:
+    def __init__(self, uri: str, experiment: str, storage: str):
+        self.uri = uri
+        self.client = MlflowClient(uri)
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            # A local store keeps artifacts beside it, not in ./mlruns of whatever cwd.
+            location = (Path(storage) / "mlartifacts" / experiment).as_uri() if uri.startswith("sqlite:") else None
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+        else:
+            self.experiment_id = found.experiment_id
+        self._last_step: dict[str, int] = {}
+
+    def start_parent(self, name: str, params: dict, run_id: str | None = None) -> str:
+        """A new parent run, or the given one (a resumed sweep), reopened."""
+        if run_id is not None:
+            self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        run = self.client.create_run(self.experiment_id, run_name=name, tags={ROLE_TAG: "sweep"})
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def log_params(self, run_id: str, params: dict) -> None:
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i : i + 100])
+
+    def trial_run(self, parent_id: str, trial_id: str, label: str, params: dict, stage: str) -> str:
+        """The child run of a trial: found by its tag, else created under the parent."""
+        found = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}'", max_results=1)
+        if found:
+            return found[0].info.run_id
+        tags = {"mlflow.parentRunId": parent_id, TRIAL_TAG: trial_id, ROLE_TAG: "trial", STAGE_TAG: stage,
+                "schedule": str(params.get("schedule")), "stage": stage}
+        run = self.client.create_run(self.experiment_id, run_name=label, tags=tags)
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def log_points(self, run_id: str, points: list[dict]) -> int:
+        """Log trajectory points newer than what the run already has; returns how many."""
+        if run_id not in self._last_step:
+            history = self.client.get_metric_history(run_id, "eval/sft_loss")
+            self._last_step[run_id] = max((m.step for m in history), default=-1)
+        new = [p for p in points if int(p["step"]) > self._last_step[run_id]]
+        metrics = trajectory_metrics(new)
+        for i in range(0, len(metrics), BATCH):
+            self.client.log_batch(run_id, metrics=metrics[i : i + BATCH])
+        if new:
+            self._last_step[run_id] = max(int(p["step"]) for p in new)
+        return len(new)
+
+    def finish(self, run_id: str, ok: bool = True) -> None:
+        self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED))
+
+    def set_tags(self, run_id: str, tags: dict) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def child_runs(self, parent_id: str | None = None) -> list:
+        """Trial runs of this experiment (of one parent, if given), all pages."""
+        flt = f"tags.`{ROLE_TAG}` = 'trial'"
+        if parent_id:
+            flt += f" and tags.`mlflow.parentRunId` = '{parent_id}'"
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs([self.experiment_id], filter_string=flt, max_results=1000, page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def latest_parent(self):
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'sweep'", order_by=["attributes.start_time DESC"], max_results=1
+        )
+        return runs[0] if runs else None
+
+    def trajectory(self, run_id: str, keys: tuple[str, ...]) -> list[dict]:
+        """Points by step, rebuilt from the metric histories."""
+        by_step: dict[int, dict] = {}
+        for key in keys:
+            for m in self.client.get_metric_history(run_id, key):
+                by_step.setdefault(m.step, {"step": m.step})[key] = m.value
+        return [by_step[s] for s in sorted(by_step)]
