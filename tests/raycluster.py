@@ -1,0 +1,135 @@
+"""A real Ray cluster on this machine for tests: ``ray start --head`` (and more nodes),
+each in its own process group with its own temp dir, ports and auth token, stopped by
+process-group id. Never ``ray stop``: that would end every Ray on the machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def worker_port_range(size: int = 100) -> tuple[int, int]:
+    """A block of ports for Ray's worker processes, checked free at its ends."""
+    for _ in range(50):
+        base = random.randrange(20000, 60000 - size)
+        try:
+            for port in (base, base + size // 2, base + size - 1):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+            return base, base + size - 1
+        except OSError:
+            continue
+    raise RuntimeError("no free worker port range")
+
+
+class Cluster:
+    def __init__(self):
+        self.temp_dir = tempfile.mkdtemp(prefix="rs-ray-")  # short: socket paths < 107 chars
+        token = uuid.uuid4().hex + uuid.uuid4().hex
+        # A token of our own in the environment, so ~/.ray/auth_token is never touched.
+        self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+        self.env.pop("RAY_ADDRESS", None)
+        self.procs: list[subprocess.Popen] = []
+        self.gcs_port = self.dashboard_port = None
+        self.logs: list[Path] = []
+
+    def _node_ports(self) -> list[str]:
+        nm, om, agent, agent_grpc, metrics, rte = free_ports(6)
+        lo, hi = worker_port_range()
+        return [f"--node-manager-port={nm}", f"--object-manager-port={om}", f"--dashboard-agent-listen-port={agent}",
+                f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
+                f"--runtime-env-agent-port={rte}", f"--min-worker-port={lo}", f"--max-worker-port={hi}"]
+
+    def _spawn(self, args: list[str]) -> None:
+        log = Path(self.temp_dir) / f"node{len(self.procs)}.log"
+        self.logs.append(log)
+        self.procs.append(subprocess.Popen([RAY, "start", "--block", "--node-ip-address=127.0.0.1", *args],
+                                           env=self.env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                                           start_new_session=True))
+
+    def start_head(self, num_cpus: int, resources: dict | None = None) -> "Cluster":
+        self.gcs_port, self.dashboard_port, client = free_ports(3)
+        self._spawn(["--head", f"--port={self.gcs_port}", f"--temp-dir={self.temp_dir}", f"--num-cpus={num_cpus}",
+                     "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
+                     f"--ray-client-server-port={client}", f"--resources={json.dumps(resources or {})}", *self._node_ports()])
+        self.wait_for(lambda: self._job_api_up(), "the head's job API", 120)
+        return self
+
+    def add_node(self, num_cpus: int, resources: dict) -> None:
+        before = self.node_count()
+        self._spawn([f"--address=127.0.0.1:{self.gcs_port}", f"--num-cpus={num_cpus}",
+                     f"--resources={json.dumps(resources)}", *self._node_ports()])
+        self.wait_for(lambda: self.node_count() > before, "the new node to join", 120)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.gcs_port}"
+
+    @property
+    def dashboard(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def run(self, args: list[str], timeout: float = 900, **kw) -> subprocess.CompletedProcess:
+        return subprocess.run(args, env={**self.env, **kw.pop("env", {})}, capture_output=True, text=True, timeout=timeout, **kw)
+
+    def _job_api_up(self) -> bool:
+        return self.run([RAY, "job", "list", "--address", self.dashboard], timeout=60).returncode == 0
+
+    def node_count(self) -> int:
+        code = "import ray, json; ray.init(address='auto', logging_level='ERROR'); print(len([n for n in ray.nodes() if n['Alive']]))"
+        out = self.run([sys.executable, "-c", code], timeout=120, env={"RAY_ADDRESS": self.address})
+        return int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else 0
+
+    def wait_for(self, ready, what: str, timeout: float) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if any(p.poll() is not None for p in self.procs):
+                raise RuntimeError(f"a ray start process exited while waiting for {what}: {self.tail()}")
+            if ready():
+                return
+            time.sleep(1)
+        raise TimeoutError(f"timed out waiting for {what}: {self.tail()}")
+
+    def tail(self) -> str:
+        return "\n".join(log.read_text()[-2000:] for log in self.logs if log.exists())
+
+    def stop(self) -> None:
+        """SIGTERM each ``ray start --block`` process group we started, then SIGKILL what is left."""
+        for p in reversed(self.procs):
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for p in reversed(self.procs):
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
