@@ -47,7 +47,10 @@ class Tracker:
         if found is None:
             # A local store keeps artifacts beside it, not in ./mlruns of whatever cwd.
             location = (Path(storage) / "mlartifacts" / experiment).as_uri() if uri.startswith("sqlite:") else None
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+            # The kind makes the MLflow 3 UI open on runs and metrics, not GenAI traces.
+            self.experiment_id = self.client.create_experiment(
+                experiment, artifact_location=location, tags={"mlflow.experimentKind": "custom_model_development"}
+            )
         else:
             self.experiment_id = found.experiment_id
         self._last_step: dict[str, int] = {}

@@ -1,0 +1,192 @@
+"""The orchestrator on a real Ray cluster started with ``ray start --head``: a smoke sweep
+submitted with ``ray job submit``, its MLflow store, the front rebuilt from that store,
+and a sweep interrupted halfway."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.raycluster import RAY, Cluster
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+@pytest.fixture(scope="module")
+def head():
+    cluster = Cluster()
+    try:
+        yield cluster.start_head(num_cpus=2)
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def submitted(head, tmp_path_factory):
+    """The smoke sweep, submitted as a Ray job with the project as its working dir."""
+    storage = tmp_path_factory.mktemp("storage")
+    proc = head.run([RAY, "job", "submit", "--address", head.dashboard, "--working-dir", str(ROOT), "--",
+                     PY, "-m", "orchestrator", "sweep", "--config", "smoke", "--set", f"storage={storage}"], timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    return storage, proc.stdout
+
+
+def store(storage) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{storage}/mlflow.db")
+
+
+def runs(client, experiment):
+    exp = client.get_experiment_by_name(experiment)
+    return exp, client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def test_job_submit_sweep_fills_the_mlflow_store(submitted):
+    storage, stdout = submitted
+    assert "front (*):" in stdout and "Pareto plot:" in stdout
+    client = store(storage)
+    exp, all_runs = runs(client, "smoke")
+    parents = [r for r in all_runs if r.data.tags.get("rightsweep.role") == "sweep"]
+    children = [r for r in all_runs if r.data.tags.get("rightsweep.role") == "trial"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    # 2 anchors + 4 schedules at one λ, each a finished child of the sweep run
+    assert len(children) == 6
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    assert sorted(r.data.tags["stage"] for r in children) == ["anchor"] * 2 + ["main"] * 4
+    assert {r.data.params["schedule"] for r in children if r.data.tags["stage"] == "main"} == {"sequential", "mix", "alright", "maxright"}
+    for r in children:
+        assert r.info.status == "FINISHED"
+        assert {"schedule", "lam", "k", "seed", "model", "sft_data", "pref_data"} <= set(r.data.params)
+        for key in ("eval/sft_loss", "eval/dpo_loss", "eval/pref_accuracy", "updates/sft"):
+            assert [m.step for m in client.get_metric_history(r.info.run_id, key)] == [0, 20, 40], key
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"pareto.png", "pareto.csv", "pareto.json", "config.yaml"} <= artifacts
+    png = Path(client.download_artifacts(parent.info.run_id, "pareto.png", str(storage / "dl")))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {"f_star_sft", "f_star_dpo"} <= set(parent.data.params)
+    assert "hypervolume/all" in parent.data.metrics
+
+
+def test_pareto_from_the_store_reproduces_the_sweep(submitted, tmp_path):
+    storage, _ = submitted
+    proc = subprocess.run([PY, "-m", "orchestrator", "pareto", "--config", "smoke", "--set", f"storage={storage}",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep = json.loads((storage / "smoke" / "report" / "pareto.json").read_text())
+    rebuilt = json.loads((tmp_path / "pareto.json").read_text())
+    assert rebuilt["front"] == sweep["front"] and len(sweep["front"]) >= 1
+    assert rebuilt["rows"] == sweep["rows"]
+    assert rebuilt["anchors"] == sweep["anchors"] and rebuilt["hypervolume"] == sweep["hypervolume"]
+
+
+def finished_main_runs(storage, experiment) -> int:
+    try:
+        client = store(storage)
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            return 0
+        found = client.search_runs([exp.experiment_id], filter_string="tags.stage = 'main' and attributes.status = 'FINISHED'")
+        return len(found)
+    except Exception:  # the store may not exist yet
+        return 0
+
+
+def test_interrupted_sweep_builds_front_from_finished_trials(head, tmp_path):
+    storage = tmp_path / "storage"
+    cmd = [PY, "-m", "orchestrator", "sweep", "--config", "smoke", "--set", f"storage={storage}",
+           "--set", "name=interrupted", "--set", "sweep.lams=[0.25, 0.5, 0.75]"]
+    log = open(tmp_path / "driver.log", "w")
+    driver = subprocess.Popen(cmd, env={**head.env, "RAY_ADDRESS": head.address}, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 600
+        while finished_main_runs(storage, "interrupted") < 2:
+            assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+            assert time.time() < deadline, "no main trial finished in time"
+            time.sleep(1)
+    finally:
+        os.kill(driver.pid, signal.SIGKILL)  # the driver dies mid-sweep
+        driver.wait()
+    finished = finished_main_runs(storage, "interrupted")
+    assert 2 <= finished < 12
+    proc = subprocess.run([PY, "-m", "orchestrator", "pareto", "--config", "smoke", "--set", f"storage={storage}",
+                           "--experiment", "interrupted"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((storage / "interrupted" / "report" / "pareto.json").read_text())
+    assert len(report["rows"]) == finished_main_runs(storage, "interrupted") >= finished
+    assert report["front"] and set(report["front"]) <= {r["trial_id"] for r in report["rows"]}
+    assert (storage / "interrupted" / "report" / "pareto.png").stat().st_size > 10_000
+
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+def wait_http(url: str, timeout: float = 90) -> None:
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.time() > deadline:
+            raise TimeoutError(url)
+        time.sleep(0.5)
+
+
+def test_mlflow_ui_shows_trials_and_pareto_plot_in_chromium(submitted):
+    """A real browser (Debian's chromium, installed by `make test`) on the UI bound to 127.0.0.1."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    from tests.raycluster import free_ports
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "chromium is not installed: `make test` installs Debian's chromium package"
+    storage, _ = submitted
+    client = store(storage)
+    exp, all_runs = runs(client, "smoke")
+    parent = next(r for r in all_runs if r.data.tags.get("rightsweep.role") == "sweep")
+    labels = sorted(r.info.run_name for r in all_runs if r.data.tags.get("rightsweep.role") == "trial")
+    port = free_ports(1)[0]
+    shots = ROOT / "results" / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    ui = subprocess.Popen([PY, "-m", "orchestrator", "ui", "--config", "smoke", "--set", f"storage={storage}", "--port", str(port)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(base + "/health")
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(f"{base}/#/experiments/{exp.experiment_id}/runs")
+            page.get_by_text(f"{len(all_runs)} matching runs").wait_for(timeout=60_000)
+            # Trials are nested under the sweep run: expand it.
+            row = page.locator("[role=row]", has_text=parent.info.run_name).first
+            row.locator("button[data-component-id*=runnamecellrenderer]").click()
+            for label in labels:
+                page.get_by_text(label, exact=True).first.wait_for(timeout=30_000)
+            page.screenshot(path=str(shots / "mlflow-runs.png"))
+
+            page.goto(f"{base}/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}/artifacts/pareto.png")
+            page.get_by_text("pareto.csv").first.wait_for(timeout=60_000)
+            page.locator("img").first.wait_for(timeout=30_000)
+            page.screenshot(path=str(shots / "mlflow-pareto-artifact.png"))
+            png = page.request.get(f"{base}/get-artifact?path=pareto.png&run_uuid={parent.info.run_id}")
+            assert png.status == 200 and png.body()[:8] == b"\x89PNG\r\n\x1a\n"
+            browser.close()
+    finally:
+        os.killpg(ui.pid, signal.SIGTERM)
+        ui.wait(timeout=30)
+    assert (shots / "mlflow-runs.png").stat().st_size > 10_000
