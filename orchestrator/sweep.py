@@ -109,6 +109,9 @@ class MlflowSync:
             self._runs[trial.trial_id] = tracker.trial_run(self.parent_id, trial.trial_id, label, self.params[label], point["stage"])
         return self._runs[trial.trial_id]
 
+    def start(self, trial) -> None:
+        self._call(lambda t: self._run(t, trial))
+
     def result(self, trial, result: dict) -> None:
         if "step" in result:
             self._call(lambda t: t.log_points(self._run(t, trial), [result]))
@@ -129,6 +132,9 @@ def _tune_callback(sync: MlflowSync):
     class _Cb(Callback):
         def __init__(self):
             self.sync = sync
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self.sync.start(trial)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             self.sync.result(trial, result)

@@ -1,0 +1,62 @@
+"""Distributed for real: a two-node Ray cluster on this machine where only the second
+node offers the resource the trials ask for."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.raycluster import Cluster
+
+PY = sys.executable
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    cluster = Cluster()
+    try:
+        cluster.start_head(num_cpus=1)
+        cluster.add_node(num_cpus=2, resources={"trainer": 2})
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def test_trials_run_on_the_node_with_the_resource(two_nodes, tmp_path):
+    storage = tmp_path / "storage"
+    proc = two_nodes.run(
+        [PY, "-m", "orchestrator", "sweep", "--config", "smoke", "--set", f"storage={storage}", "--set", "name=twonode",
+         "--set", "resources.custom={trainer: 1}", "--set", "sweep.schedules=[alright, maxright]"],
+        timeout=900, env={"RAY_ADDRESS": two_nodes.address},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    # Ray's own record of where every trial process lived.
+    code = """
+import json, ray
+from ray.util.state import list_actors
+ray.init(address="auto", logging_level="ERROR")
+trainer = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("trainer")]
+actors = list_actors(detail=True, limit=10000)
+# Tune runs each function trial as an ImplicitFunc actor; in local mode it also trains.
+trials = [a.node_id for a in actors if a.class_name.endswith("ImplicitFunc")]
+print(json.dumps({"trainer": trainer, "trials": trials, "nodes": len(ray.nodes())}))
+"""
+    out = two_nodes.run([PY, "-c", code], timeout=120, env={"RAY_ADDRESS": two_nodes.address})
+    assert out.returncode == 0, out.stderr[-2000:]
+    where = json.loads(out.stdout.strip().splitlines()[-1])
+    assert where["nodes"] == 2 and len(where["trainer"]) == 1
+    assert len(where["trials"]) >= 4, where  # 2 anchors + 2 schedules
+    assert set(where["trials"]) == set(where["trainer"]), "every trial ran on the second node"
+
+    # Their results reached the sweep's storage and MLflow.
+    report = json.loads((storage / "twonode" / "report" / "pareto.json").read_text())
+    assert {r["schedule"] for r in report["rows"]} == {"alright", "maxright"}
+    assert all((storage / "twonode" / "trials" / r["trial_id"] / "model" / "model.safetensors").is_file() for r in report["rows"])
+    client = MlflowClient(f"sqlite:///{storage}/mlflow.db")
+    exp = client.get_experiment_by_name("twonode")
+    children = client.search_runs([exp.experiment_id], filter_string="tags.`rightsweep.role` = 'trial'")
+    assert len(children) == 4 and all(r.info.status == "FINISHED" for r in children)
