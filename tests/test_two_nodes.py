@@ -2,9 +2,7 @@
 node offers the resource the trials ask for."""
 
 import json
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient

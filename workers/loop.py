@@ -24,7 +24,7 @@ from workers.losses import dpo_loss, sequence_logps, sft_loss, shift_for_causal_
 from workers.model import load_policy, load_tokenizer
 from workers.reference import attach_reference, ensure_reference, policy_pair_logps
 from workers.schedules import Plan, Schedule, make_schedule
-from workers.session import LocalSession, RaySession, all_gather_int, all_reduce_, barrier, distributed, scratch_dir
+from workers.session import RaySession, all_gather_int, all_reduce_, barrier, distributed, scratch_dir
 
 log = logging.getLogger("rightsweep.loop")
 
@@ -68,11 +68,11 @@ class Window:
     would force a host sync every step, which costs real time at small model sizes."""
 
     def __init__(self):
-        self.sums = {k: torch.zeros(()) for k in OBJECTIVES}
+        self.sums: dict[str, torch.Tensor | float] = {k: 0.0 for k in OBJECTIVES}
         self.counts = {k: 0 for k in OBJECTIVES}
 
     def add(self, name: str, loss: torch.Tensor) -> None:
-        self.sums[name] = self.sums[name] + loss.cpu()
+        self.sums[name] = self.sums[name] + loss  # stays on the loss's device: no sync
         self.counts[name] += 1
 
     def means(self) -> dict[str, float]:
