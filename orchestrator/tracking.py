@@ -94,7 +94,11 @@ class Tracker:
         return len(new)
 
     def finish(self, run_id: str, ok: bool = True) -> None:
-        self.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED))
+        """End a run, unless it already ended so (a restored trial that had finished
+        completes again with nothing new: its end time stays)."""
+        status = RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED)
+        if self.client.get_run(run_id).info.status != status:
+            self.client.set_terminated(run_id, status)
 
     def set_tags(self, run_id: str, tags: dict) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])

@@ -123,6 +123,23 @@ def test_interrupted_sweep_builds_front_from_finished_trials(head, tmp_path):
     assert report["front"] and set(report["front"]) <= {r["trial_id"] for r in report["rows"]}
     assert (storage / "interrupted" / "report" / "pareto.png").stat().st_size > 10_000
 
+    # --resume finishes it: finished trials are not rerun, one child run per trial.
+    client = store(storage)
+    exp = client.get_experiment_by_name("interrupted")
+    done_before = {r.data.tags["rightsweep.trial_id"]: r.info.end_time for r in
+                   client.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED' and tags.`rightsweep.role` = 'trial'")}
+    proc = head.run(cmd + ["--resume"], timeout=900, env={"RAY_ADDRESS": head.address})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    children = client.search_runs([exp.experiment_id], filter_string="tags.`rightsweep.role` = 'trial'")
+    ids = [r.data.tags["rightsweep.trial_id"] for r in children]
+    assert len(ids) == len(set(ids)) == 14 and all(r.info.status == "FINISHED" for r in children)
+    assert {i: r.info.end_time for i, r in zip(ids, children) if i in done_before} == done_before
+    for r in children:
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "eval/sft_loss")]
+        assert steps == [0, 20, 40], (r.info.run_name, steps)  # nothing logged twice
+    parents = client.search_runs([exp.experiment_id], filter_string="tags.`rightsweep.role` = 'sweep'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
