@@ -60,23 +60,16 @@ def gaps(sft_loss: float, dpo_loss: float, anchors: Anchors) -> tuple[float, flo
     return g_sft, g_dpo, math.hypot(g_sft, g_dpo)
 
 
-@dataclass
-class Row:
-    trial_id: str
-    schedule: str
-    lam: float
-    seed: int
-    sft_loss: float
-    dpo_loss: float
-    gap_sft: float
-    gap_dpo: float
-    ideal_distance: float
-    pref_accuracy: float
-    runtime_s: float
-    runtime_vs_sequential_pct: float
-    peak_mem_mb: float
-    on_front: bool
-    on_schedule_front: bool
+@dataclass(frozen=True)
+class Row(TrialResult):
+    """A trial's line of the sweep table: its result plus what the front says of it."""
+
+    gap_sft: float = math.nan
+    gap_dpo: float = math.nan
+    ideal_distance: float = math.nan
+    runtime_vs_sequential_pct: float = math.nan
+    on_front: bool = False
+    on_schedule_front: bool = False
 
 
 @dataclass
@@ -124,11 +117,9 @@ def summarize(results: list[TrialResult], anchors: Anchors, reference_point: tup
         base = seq.get(r.lam, math.nan)
         rows.append(
             Row(
-                trial_id=r.trial_id, schedule=r.schedule, lam=r.lam, seed=r.seed,
-                sft_loss=r.sft_loss, dpo_loss=r.dpo_loss, gap_sft=g_sft, gap_dpo=g_dpo, ideal_distance=dist,
-                pref_accuracy=r.pref_accuracy, runtime_s=r.runtime_s,
+                **asdict(r), gap_sft=g_sft, gap_dpo=g_dpo, ideal_distance=dist,
                 runtime_vs_sequential_pct=100.0 * (r.runtime_s / base - 1.0) if base == base else math.nan,
-                peak_mem_mb=r.peak_mem_mb, on_front=bool(overall[i]), on_schedule_front=bool(per_schedule[i]),
+                on_front=bool(overall[i]), on_schedule_front=bool(per_schedule[i]),
             )
         )
     return Summary(rows=rows, anchors=anchors, reference_point=tuple(reference_point), hypervolume=hv)
