@@ -112,11 +112,12 @@ def cmd_ui(args) -> int:
     import subprocess
 
     cfg = load_config(args.config, args.overrides)
+    from orchestrator.redact import redact_text
     from orchestrator.tracking import tracking_uri
 
     uri = tracking_uri(cfg.tracking.tracking_uri, cfg.storage)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
-    print(f"MLflow UI on http://{args.host}:{args.port} for {uri}", flush=True)
+    print(f"MLflow UI on http://{args.host}:{args.port} for {redact_text(uri)}", flush=True)
     return subprocess.call(cmd)
 
 

@@ -18,6 +18,7 @@ import yaml
 
 from orchestrator.config import ExperimentConfig
 from orchestrator.pareto import Anchors, Summary, TrialResult, summarize
+from orchestrator.redact import redact, redact_text
 from orchestrator.report import format_table, write_artifacts
 from orchestrator.space import anchor_points, anchors_from_trajectories, main_points, trial_label
 
@@ -26,12 +27,12 @@ log = logging.getLogger("rightsweep.sweep")
 
 def trial_params(cfg: ExperimentConfig, point: dict) -> dict:
     t, m, d = cfg.trial.train, cfg.trial.model, cfg.trial.data
-    return {
+    return redact({
         "schedule": point["schedule"], "lam": point["lam"], "seed": point["seed"], "stage": point["stage"],
         "k": t.maxright_eval_every, "total_steps": t.total_steps, "lr": t.lr, "beta": t.beta,
         "batch_size": t.batch_size, "model": m.name, "lora": m.lora.model_dump_json() if m.lora else "none",
         "sft_data": d.sft.source, "pref_data": d.pref.source, "num_workers": cfg.resources.num_workers,
-    }
+    })
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -243,10 +244,10 @@ def run_sweep(cfg: ExperimentConfig, resume: bool = False) -> Summary:
 
     uri = tracking_uri(cfg.tracking.tracking_uri, cfg.storage)
     tracker = Tracker(uri, cfg.name, cfg.storage)
-    parent_id = tracker.start_parent(cfg.name, flatten(cfg.model_dump()), state.get("parent_run_id"))
-    state.update(parent_run_id=parent_id, tracking_uri=uri)
+    parent_id = tracker.start_parent(cfg.name, redact(flatten(cfg.model_dump())), state.get("parent_run_id"))
+    state.update(parent_run_id=parent_id, tracking_uri=redact_text(uri))
     state_file.write_text(json.dumps(state, indent=1))
-    log.info("MLflow: experiment %r, parent run %s, store %s", cfg.name, parent_id, uri)
+    log.info("MLflow: experiment %r, parent run %s, store %s", cfg.name, parent_id, redact_text(uri))
 
     connect()
     prepare_shared(cfg)
@@ -278,9 +279,9 @@ def run_sweep(cfg: ExperimentConfig, resume: bool = False) -> Summary:
 
     print(format_table(summary), flush=True)
     paths = write_artifacts(summary, main_traj, sweep_dir / "report")
-    (sweep_dir / "report" / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+    (sweep_dir / "report" / "config.yaml").write_text(yaml.safe_dump(redact(cfg.model_dump()), sort_keys=False))
     publish(tracker, parent_id, summary, sweep_dir / "report", ok=not failed)
-    print(f"Pareto plot: {paths['png']}\ntable: {paths['csv']}\nMLflow: {uri} (experiment {cfg.name!r}; `rightsweep ui` to browse)")
+    print(f"Pareto plot: {paths['png']}\ntable: {paths['csv']}\nMLflow: {redact_text(uri)} (experiment {cfg.name!r}; `rightsweep ui` to browse)")
     if failed:
         print(f"{len(failed)} trial(s) failed: {', '.join(map(str, failed))}")
     return summary

@@ -73,7 +73,7 @@ class DatasetSpec(Section):
 
     @property
     def is_local(self) -> bool:
-        return Path(self.source).suffix in LOCAL_SUFFIXES
+        return "://" not in self.source and Path(self.source).suffix in LOCAL_SUFFIXES
 
     def resolved(self, kind: Literal["sft", "pref"]) -> "DatasetSpec":
         """Fill the preset's columns and template; make a local path absolute (workers run elsewhere)."""

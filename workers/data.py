@@ -37,6 +37,8 @@ def load_table(source: str, split: str, revision: str | None = None):
 
     suffix = Path(source).suffix
     if suffix in LOCAL_SUFFIXES:
+        if "://" in source:  # a file behind a URL (https, s3 with fsspec): same loader
+            return datasets.load_dataset(LOCAL_SUFFIXES[suffix], data_files=source, split="train")
         if not Path(source).is_file():
             raise FileNotFoundError(f"dataset file {source} does not exist")
         return datasets.load_dataset(LOCAL_SUFFIXES[suffix], data_files=source, split="train")
