@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from orchestrator.config import ConfigError, load_config
+from orchestrator.preflight import preflight
 
 log = logging.getLogger("rightsweep")
 
@@ -59,6 +60,7 @@ def cmd_train(args) -> int:
         if value is not None:
             overrides.append(f"{key}={value}")
     cfg = load_config(args.config, overrides)
+    preflight(cfg)
     t = cfg.trial.train
     name = args.name or f"train-{t.schedule}-lam{t.lam:g}-seed{t.seed}"
     out_dir = Path(cfg.storage) / name
@@ -83,6 +85,7 @@ def cmd_train(args) -> int:
 
 def cmd_sweep(args) -> int:
     cfg = load_config(args.config, args.overrides)
+    preflight(cfg)
     from orchestrator.sweep import run_sweep
 
     run_sweep(cfg, resume=args.resume)
