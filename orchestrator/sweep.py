@@ -205,7 +205,7 @@ def run_stage(cfg: ExperimentConfig, stage: str, points: list[dict], anchors: An
         rows = [{k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
                 for row in r.metrics_dataframe.to_dict("records")]
         trajectory = dedupe_steps([row for row in rows if "eval/sft_loss" in row])
-        finished[trial_id] = (r.config["point"], trajectory, r.metrics.get("time_total_s"))
+        finished[trial_id] = (r.config["point"], trajectory)
     return finished, failed
 
 
@@ -259,11 +259,11 @@ def run_sweep(cfg: ExperimentConfig, resume: bool = False) -> Summary:
         points = anchor_points(cfg.sweep.seeds[0])
         sync = MlflowSync(uri, cfg.name, cfg.storage, parent_id, {trial_label(p): trial_params(cfg, p) for p in points})
         done, failed = run_stage(cfg, "anchors", points, None, sync, resume)
-        by_objective = {point["objective"]: traj for point, traj, _ in done.values()}
+        by_objective = {point["objective"]: traj for point, traj in done.values()}
         if set(by_objective) != {"sft", "dpo"}:
             raise RuntimeError(f"anchor trials failed ({failed}); f* cannot be estimated")
         anchors = anchors_from_trajectories(by_objective["sft"], by_objective["dpo"])
-        trajectories.update({tid: traj for tid, (_, traj, _) in done.items()})
+        trajectories.update({tid: traj for tid, (_, traj) in done.items()})
     log.info("anchors: f*_SFT=%.4f f*_DPO=%.4f", anchors.f_star_sft, anchors.f_star_dpo)
     tracker.log_params(parent_id, {"f_star_sft": anchors.f_star_sft, "f_star_dpo": anchors.f_star_dpo})
 
@@ -272,9 +272,9 @@ def run_sweep(cfg: ExperimentConfig, resume: bool = False) -> Summary:
     done, failed = run_stage(cfg, "main", points, anchors, sync, resume)
     if not done:
         raise RuntimeError(f"every trial of the sweep failed: {failed}")
-    main_traj = {tid: traj for tid, (_, traj, _) in done.items()}
+    main_traj = {tid: traj for tid, (_, traj) in done.items()}
     trajectories.update(main_traj)
-    results = [trial_result(tid, point, traj) for tid, (point, traj, _) in done.items()]
+    results = [trial_result(tid, point, traj) for tid, (point, traj) in done.items()]
     summary = summarize(results, anchors, reference_point(list(trajectories.values())))
 
     print(format_table(summary), flush=True)

@@ -31,7 +31,7 @@ def render_prompt(text: str, template: str = DEFAULT_TEMPLATE) -> str:
     return template.replace("{prompt}", text)
 
 
-def load_table(source: str, split: str, revision: str | None = None):
+def load_table(source: str, split: str):
     """A ``datasets.Dataset`` from a local json/jsonl/parquet file or a hub name."""
     import datasets
 
@@ -43,7 +43,7 @@ def load_table(source: str, split: str, revision: str | None = None):
             raise FileNotFoundError(f"dataset file {source} does not exist")
         return datasets.load_dataset(LOCAL_SUFFIXES[suffix], data_files=source, split="train")
     try:
-        return datasets.load_dataset(source, split=split, revision=revision)
+        return datasets.load_dataset(source, split=split)
     except Exception as e:  # offline hub failures surface as many exception types
         raise RuntimeError(
             f"could not load dataset {source!r} (split {split!r}): {e}. A hub dataset needs network "
@@ -159,10 +159,10 @@ def _require_columns(table, columns: dict[str, str], source: str) -> None:
         raise ValueError(f"dataset {source} has no column(s) {missing}; it has {table.column_names}")
 
 
-def split_table(table, spec: DatasetSpec, seed: int, revision: str | None = None):
+def split_table(table, spec: DatasetSpec, seed: int):
     """(train, eval) raw tables: a named eval split, or ``eval_size`` held-out rows."""
     if spec.eval_split is not None:
-        train, held = table, load_table(spec.source, spec.eval_split, revision)
+        train, held = table, load_table(spec.source, spec.eval_split)
         held = held.select(range(min(spec.eval_size, len(held))))
     else:
         if len(table) <= spec.eval_size:

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from workers.data import alpaca_prompt_text, render_prompt
+
 RECIPE = {
     "version": 2,
     "sft_rows": 2000,
@@ -68,8 +70,6 @@ def polite(answer: str) -> str:
 
 def generate_rows(recipe: dict = RECIPE) -> tuple[list[dict], list[dict]]:
     """SFT rows in the Alpaca schema and preference rows in the hh schema, deterministic."""
-    from workers.data import render_prompt, alpaca_prompt_text  # data imports nothing of ours
-
     rng = np.random.default_rng(recipe["seed"])
     sft = []
     for _ in range(recipe["sft_rows"]):
@@ -85,8 +85,6 @@ def generate_rows(recipe: dict = RECIPE) -> tuple[list[dict], list[dict]]:
 
 
 def _warmup_texts(recipe: dict) -> list[str]:
-    from workers.data import render_prompt, alpaca_prompt_text
-
     rng = np.random.default_rng(recipe["seed"] + 1)
     texts = []
     for i in range(recipe["warmup_steps"] * recipe["warmup_batch"]):
