@@ -1,0 +1,71 @@
+"""The figure of §1: loss-space fronts with the ideal point, and bars of ideal distance
+and runtime % per λ."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from bench import stats  # noqa: E402
+from bench.common import RESULTS  # noqa: E402
+
+COLORS = {"seq_dpo_sft": "tab:green", "seq_sft_dpo": "tab:olive", "mix": "tab:purple", "alright": "tab:red", "maxright": "tab:blue"}
+
+
+def paper_figure(data: dict):
+    star = tuple(data["f_star"])
+    cells = stats.table(stats.derive(data["trials"], star))
+    lams, schedules = data["setup"]["lams"], data["setup"]["schedules"]
+    fig, (ax, ax_d, ax_r) = plt.subplots(1, 3, figsize=(17, 5.2), dpi=100)
+
+    for s in schedules:
+        pts = [t for t in data["trials"] if t["schedule"] == s]
+        ax.scatter([t["sft_loss"] for t in pts], [t["dpo_loss"] for t in pts], color=COLORS[s], s=10, alpha=0.35)
+        means = [(np.mean([t["sft_loss"] for t in pts if t["lam"] == lam]), np.mean([t["dpo_loss"] for t in pts if t["lam"] == lam]))
+                 for lam in lams]
+        ax.plot(*zip(*means), "o-", color=COLORS[s], label=stats.LABELS[s], ms=5, lw=1.2)
+        for lam, (x, y) in zip(lams, means):
+            ax.annotate(f"{lam:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.scatter([star[0]], [star[1]], marker="*", s=250, color="black", zorder=5, label="ideal point (f*)")
+    ax.set_xscale("log")
+    ax.set_yscale("symlog", linthresh=1e-2)
+    ax.set_xlabel("held-out SFT loss")
+    ax.set_ylabel("held-out DPO loss")
+    ax.set_title("Final losses (dots: seeds; line: mean per λ, labelled)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+
+    width = 0.8 / len(schedules)
+    x = np.arange(len(lams))
+    for i, s in enumerate(schedules):
+        m = [cells[(s, lam)]["ideal_distance"] for lam in lams]
+        ax_d.bar(x + i * width, [v[0] for v in m], width, yerr=[v[1] for v in m], color=COLORS[s], label=stats.LABELS[s], capsize=2)
+    ax_d.set_yscale("log")
+    ax_d.set_xticks(x + 0.4 - width / 2, [f"λ={lam:g}" for lam in lams])
+    ax_d.set_ylabel("ideal distance ‖f − f*‖ (log)")
+    ax_d.set_title("Ideal distance, mean ± std over seeds")
+    ax_d.grid(True, axis="y", alpha=0.3)
+    ax_d.legend(fontsize=8)
+
+    others = [s for s in schedules if s != stats.BASELINE]
+    width = 0.8 / len(others)
+    for i, s in enumerate(others):
+        m = [cells[(s, lam)]["runtime_pct"] for lam in lams]
+        ax_r.bar(x + i * width, [v[0] for v in m], width, yerr=[v[1] for v in m], color=COLORS[s], label=stats.LABELS[s], capsize=2)
+    ax_r.axhline(0, color="black", lw=0.8)
+    ax_r.set_xticks(x + 0.4 - width / 2, [f"λ={lam:g}" for lam in lams])
+    ax_r.set_ylabel("runtime vs Sequential DPO→SFT (%)")
+    ax_r.set_title("Training-loop runtime increase, mean ± std")
+    ax_r.grid(True, axis="y", alpha=0.3)
+    ax_r.legend(fontsize=8)
+
+    fig.suptitle(f"Embedded default, {data['setup']['total_steps']} steps, {len(data['setup']['seeds'])} seeds", fontsize=11)
+    fig.tight_layout()
+    path = RESULTS / "paper_comparison.png"
+    fig.savefig(path)
+    plt.close(fig)
+    print(f"wrote {path}", flush=True)
+    return path
