@@ -79,7 +79,8 @@ def pooled_ratio(trials: list[dict], num: str, den: str, value) -> float:
 
 
 def claims(cells: dict, lams: list[float]) -> list[dict]:
-    """The paper's orderings, each checked on our means: {claim, holds, evidence}."""
+    """The paper's orderings, each checked on our means: {claim, holds, evidence}; ``holds``
+    is None where the two means differ by less than the seeds' spread (std)."""
     out = []
     mean = lambda s, lam, m: cells[(s, lam)][m][0] if (s, lam) in cells else math.nan  # noqa: E731
 
@@ -98,25 +99,26 @@ def claims(cells: dict, lams: list[float]) -> list[dict]:
         "evidence": f"holds at λ ∈ {cheaper} of {lams}",
     })
     joint = ("mix", "alright", "maxright")
-    beaten = [lam for lam in lams if all(mean(s, lam, "ideal_distance") < mean(BASELINE, lam, "ideal_distance") for s in joint)]
+    worse = [f"{LABELS[s]} at λ = {lam:g} ({mean(s, lam, 'ideal_distance'):.3f} against {mean(BASELINE, lam, 'ideal_distance'):.3f})"
+             for lam in lams for s in joint if mean(s, lam, "ideal_distance") >= mean(BASELINE, lam, "ideal_distance")]
     out.append({
         "claim": "Every joint schedule ends closer to the ideal point than Sequential, at every λ",
-        "holds": len(beaten) == len(lams),
-        "evidence": f"holds at λ ∈ {beaten} of {lams}",
+        "holds": not worse,
+        "evidence": "farther: " + ", ".join(worse) if worse else f"at every λ of {lams}",
     })
     if 0.5 in lams:
         d = {s: mean(s, 0.5, "ideal_distance") for s in PAPER_IDEAL_AT_HALF}
         paper = ", ".join(f"{LABELS[s]} {v:.2f}" for s, v in PAPER_IDEAL_AT_HALF.items())
         ours = ", ".join(f"{LABELS[s]} {v:.3f}" for s, v in d.items())
         out.append({
-            "claim": "At λ = 0.5: Sequential > ALRIGHT > MAXRIGHT ≈ Mix in ideal distance (paper: " + paper + ")",
-            "holds": bool(d["seq_dpo_sft"] > d["alright"] > d["maxright"] and d["seq_dpo_sft"] > d["mix"]),
+            "claim": "At λ = 0.5 every joint schedule ends far closer to the ideal point than Sequential (paper: " + paper + ")",
+            "holds": all(d[BASELINE] > d[s] for s in ("mix", "alright", "maxright")),
             "evidence": "ours: " + ours,
         })
-        sd = cells[("maxright", 0.5)]["ideal_distance"][1] + cells[("alright", 0.5)]["ideal_distance"][1]
+        noise = max(cells[("maxright", 0.5)]["ideal_distance"][1], cells[("alright", 0.5)]["ideal_distance"][1])
         out.append({
             "claim": "At λ = 0.5 MAXRIGHT ends closer to the ideal point than ALRIGHT",
-            "holds": bool(d["maxright"] < d["alright"]),
-            "evidence": f"MAXRIGHT {d['maxright']:.3f} vs ALRIGHT {d['alright']:.3f} (sum of their stds {sd:.3f})",
+            "holds": None if abs(d["maxright"] - d["alright"]) <= noise else bool(d["maxright"] < d["alright"]),
+            "evidence": f"MAXRIGHT {d['maxright']:.3f} vs ALRIGHT {d['alright']:.3f}; std over seeds up to {noise:.3f}",
         })
     return out

@@ -7,6 +7,7 @@ import os
 import tempfile
 
 log = logging.getLogger("rightsweep")
+LOCAL_POLL_S = 0.2
 
 
 def connect() -> None:
@@ -21,5 +22,9 @@ def connect() -> None:
         log.info("connected to the Ray cluster at %s", os.environ["RAY_ADDRESS"])
         return
     temp_dir = tempfile.mkdtemp(prefix="rs-ray-")  # short: Ray's socket paths must stay under 107 chars
+    # Ray Train's controller polls its workers every 2 s by default, and each report and the
+    # end of a run wait for a poll: seconds of every short trial with workers (BENCHMARKS.md,
+    # fixed per-trial overhead). The local Ray's processes inherit this environment.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(LOCAL_POLL_S))
     ray.init(include_dashboard=False, _temp_dir=temp_dir, configure_logging=False)
     log.info("started a local Ray (temp dir %s)", temp_dir)

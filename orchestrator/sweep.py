@@ -23,6 +23,7 @@ from orchestrator.report import format_table, write_artifacts
 from orchestrator.space import anchor_points, anchors_from_trajectories, main_points, trial_label
 
 log = logging.getLogger("rightsweep.sweep")
+DRIVER_MEMORY = 64 * 2**20  # bytes a trial's driver process reserves when workers do the training
 
 
 def trial_params(cfg: ExperimentConfig, point: dict) -> dict:
@@ -172,8 +173,9 @@ def run_stage(cfg: ExperimentConfig, stage: str, points: list[dict], anchors: An
     sweep_dir = Path(cfg.storage) / cfg.name
     path = sweep_dir / "tune" / stage
     trainable = tune.with_parameters(tune_trial, experiment=cfg.model_dump(), anchors=asdict(anchors) if anchors else None)
-    # With workers, the trial process only drives a TorchTrainer; in local mode it trains.
-    trial_needs = cfg.resources.per_process() if cfg.resources.num_workers == 0 else {"CPU": 0}
+    # With workers, the trial process only drives a TorchTrainer and reserves no CPU (a
+    # token of memory, as Ray refuses an empty bundle); in local mode it trains.
+    trial_needs = cfg.resources.per_process() if cfg.resources.num_workers == 0 else {"memory": DRIVER_MEMORY}
     trainable = tune.with_resources(trainable, trial_needs)
     if resume and tune.Tuner.can_restore(str(path)):
         log.info("resuming stage %r from %s", stage, path)

@@ -1,6 +1,7 @@
 """The training loop, in-process on the embedded default (real model, real data)."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -63,8 +64,12 @@ def test_reference_logps_are_computed_once_and_cached(cache_dir, tokenizer):
     cfg = trial(cache_dir)
     pref_train, pref_eval = load_split_tokenized(cfg.data.pref, "pref", tokenizer, 64, 0, cache_dir)
     first, _ = ensure_reference(cfg, tokenizer, pref_train, pref_eval, torch.device("cpu"))
+    passes = Path(cache_dir) / "reference" / "passes.jsonl"
+    recorded = passes.read_text().splitlines()
+    assert json.loads(recorded[-1])["pairs"] == len(pref_train) + len(pref_eval)
     again, computed = ensure_reference(cfg, tokenizer, pref_train, pref_eval, torch.device("cpu"))
     assert not computed
+    assert passes.read_text().splitlines() == recorded  # a cache hit is not a pass
     assert torch.equal(first[0][0], again[0][0]) and len(first[1][0]) == len(pref_eval)
     other = trial(cache_dir, total_steps=7)  # training options do not change the key
     _, computed = ensure_reference(other, tokenizer, pref_train, pref_eval, torch.device("cpu"))

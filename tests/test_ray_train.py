@@ -63,3 +63,27 @@ def test_cli_bad_input_exits_2_before_ray(tmp_path):
     assert proc.returncode == 2
     assert "trial.train.lam: Input should be less than or equal to 1" in proc.stderr
     assert "Ray" not in proc.stderr
+
+
+def test_cli_sweep_with_one_worker_per_trial(tmp_path):
+    """A sweep whose trials each drive a one-worker TorchTrainer (the trial process reserves
+    no CPU), sharing one reference pass; its own storage, so its own cache."""
+    cmd = [sys.executable, "-m", "orchestrator", "sweep", "--config", "smoke", "--set", f"storage={tmp_path}",
+           "--set", "resources.num_workers=1", "--set", "sweep.schedules=[alright, mix]",
+           "--set", "trial.train.f_star_sft=0.1", "--set", "trial.train.f_star_dpo=0.1"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "smoke" / "report" / "pareto.json").read_text())
+    assert sorted(r["schedule"] for r in report["rows"]) == ["alright", "mix"]
+    passes = (tmp_path / "cache" / "reference" / "passes.jsonl").read_text().splitlines()
+    assert len(passes) == 1, "the two trials reused the pass the driver made"
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name("smoke")
+    children = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("rightsweep.role") == "trial"]
+    assert len(children) == 2 and all(r.info.status == "FINISHED" for r in children)
+    for r in children:
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "eval/sft_loss")] == [0, 20, 40]
+        assert r.data.metrics["time/setup_s"] > 0

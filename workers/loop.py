@@ -57,6 +57,7 @@ class Progress:
     decisions: str = ""  # one letter a step: S, D, or M (both)
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
+    setup_seconds: float = 0.0  # this process's: data, model, reference cache (not checkpointed)
     updates: dict = field(default_factory=lambda: {"sft": 0, "dpo": 0})
     tokens: dict = field(default_factory=lambda: {"sft": 0, "dpo": 0})
     trajectory: list = field(default_factory=list)
@@ -82,9 +83,11 @@ class Window:
 def fit(cfg: TrialConfig, session) -> list[dict]:
     """Run one trial; returns the trajectory (one dict of metrics per evaluation)."""
     t = cfg.train
+    started = time.perf_counter()
     with session.latest_checkpoint() as resume_dir:
         s = setup(cfg, session, resume_dir)
         progress = load_progress(resume_dir, s) if resume_dir else Progress()
+    progress.setup_seconds = time.perf_counter() - started
     if resume_dir:
         log.info("rank %d resumed at step %d", session.rank, progress.step)
     stop = min(t.total_steps, t.stop_after or t.total_steps)
@@ -278,6 +281,7 @@ def report(session, s: Setup, cfg: TrialConfig, progress: Progress, checkpoint: 
     progress.eval_seconds += time.perf_counter() - started
     metrics["time/train_s"] = progress.train_seconds
     metrics["time/eval_s"] = progress.eval_seconds
+    metrics["time/setup_s"] = progress.setup_seconds
     metrics["system/peak_mem_mb"] = peak_memory_mb(session.device)
     progress.trajectory.append(metrics)
     if session.rank == 0:

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
+import logging
 import os
+import socket
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -20,6 +24,8 @@ from safetensors.torch import load_file, save_file
 
 from workers.data import collate_pairs, eval_batches
 from workers.losses import sequence_logps, shift_for_causal_lm
+
+log = logging.getLogger("rightsweep.reference")
 
 
 def pairs_fingerprint(weights_id: str, *datasets) -> str:
@@ -94,10 +100,24 @@ def ensure_reference(cfg, tokenizer, pref_train, pref_eval, device):
 
         return run
 
-    out, computed = [], False
+    out, computed, started = [], [], time.perf_counter()
     for ds in (pref_train, pref_eval):
-        chosen, rejected, now = cached_reference(cfg.cache_dir, pairs_fingerprint(weights_id, ds), compute(ds))
+        fingerprint = pairs_fingerprint(weights_id, ds)
+        chosen, rejected, now = cached_reference(cfg.cache_dir, fingerprint, compute(ds))
         out.append((chosen, rejected))
-        computed |= now
+        if now:
+            computed.append(fingerprint)
     del base
-    return tuple(out), computed
+    if computed:
+        record_pass(cfg.cache_dir, computed, len(pref_train) + len(pref_eval), time.perf_counter() - started)
+    return tuple(out), bool(computed)
+
+
+def record_pass(cache_dir: str, fingerprints: list[str], pairs: int, seconds: float) -> None:
+    """One line per reference pass over the preference data, in ``reference/passes.jsonl``:
+    how a sweep shows (and the benchmarks count) that its N trials shared one pass."""
+    line = {"time": time.time(), "host": socket.gethostname(), "pid": os.getpid(), "fingerprints": fingerprints,
+            "pairs": pairs, "seconds": round(seconds, 3)}
+    with open(Path(cache_dir) / "reference" / "passes.jsonl", "a") as f:
+        f.write(json.dumps(line) + "\n")
+    log.info("reference log-probs of %d pairs computed in %.1fs (cached for every trial)", pairs, seconds)

@@ -1,0 +1,189 @@
+"""§2, per-step figures: the loop inside a ``TorchTrainer`` worker against a bare PyTorch
+loop, and a DPO step with cached reference log-probs against one with a live reference.
+
+    python -m bench.throughput
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+
+from bench.common import WORK, prepare_cache, run_isolated, trial_config, write_result
+
+STEPS = 300
+REPS = 2
+LAM = 0.5
+
+
+def _trial(raw: dict):
+    from workers.config import TrialConfig
+
+    return TrialConfig.model_validate(raw)
+
+
+def _bare_loop(raw: dict, decisions: str, threads: int) -> dict:
+    """The same model, batches and objective per step as the trial, with nothing but
+    forward, backward, clip and AdamW: what a hand-written loop would cost."""
+    import torch
+
+    from workers.data import BatchStream, collate_pairs, collate_sft
+    from workers.loop import load_inputs
+    from workers.losses import dpo_loss, sft_loss, shift_for_causal_lm
+    from workers.model import load_policy
+    from workers.reference import policy_pair_logps
+
+    torch.set_num_threads(threads)
+    cfg = _trial(raw)
+    t = cfg.train
+    torch.manual_seed(t.seed)
+    device = torch.device("cpu")
+    tokenizer, sft_train, _, pref_train, _ = load_inputs(cfg, device)
+    pad = tokenizer.pad_token_id
+    model = load_policy(cfg.model, cfg.cache_dir, device)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+    sft = BatchStream(sft_train, t.batch_size, t.seed, lambda r: collate_sft(r, pad))
+    dpo = BatchStream(pref_train, t.batch_size, t.seed + 1, lambda r: collate_pairs(r, pad))
+    started = time.perf_counter()
+    for d in decisions:
+        if d == "S":
+            b = sft.next()
+            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+            loss = sft_loss(*shift_for_causal_lm(logits, b["input_ids"], b["loss_mask"]))
+        else:
+            b = dpo.next()
+            c, r = policy_pair_logps(model, b)
+            loss = dpo_loss(c, r, b["ref_chosen"], b["ref_rejected"], t.beta)[0].mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    seconds = time.perf_counter() - started
+    return {"steps_per_s": len(decisions) / seconds, "seconds": seconds, "threads": torch.get_num_threads()}
+
+
+def _decisions(raw: dict) -> str:
+    from workers.schedules import make_schedule
+
+    t = _trial(raw).train
+    schedule = make_schedule(t.schedule, t.lam, t.total_steps, seed=t.seed)
+    return "".join("D" if schedule.plan(i).dpo_weight else "S" for i in range(t.total_steps))
+
+
+def _worker_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def trainer_vs_bare() -> dict:
+    """ALRIGHT, λ = 0.5: steps/s of the loop's optimizer steps in a one-worker
+    ``TorchTrainer`` (2 CPUs) and of the bare loop in a fresh process with as many threads,
+    alternated ``REPS`` times."""
+    import ray
+
+    from orchestrator.cluster import connect
+    from orchestrator.config import Resources
+    from orchestrator.trial import build_trainer
+
+    raw = trial_config(schedule="alright", lam=LAM, total_steps=STEPS, eval_every=STEPS)
+    decisions = _decisions(raw)
+    resources = Resources(num_workers=1, cpus_per_worker=2)
+    connect()
+    threads = ray.get(ray.remote(num_cpus=2)(_worker_threads).remote())
+    trainer, bare = [], []
+    storage = tempfile.mkdtemp(prefix="trainer-", dir=WORK)
+    for rep in range(REPS):
+        bare.append(run_isolated(_bare_loop, raw, decisions, threads))
+        print(f"  bare loop        rep {rep}: {bare[-1]['steps_per_s']:.1f} steps/s", flush=True)
+        result = build_trainer(_trial(raw), resources, f"bench-{rep}", storage).fit()
+        m = result.metrics
+        trainer.append({"steps_per_s": m["step"] / m["time/train_s"], "seconds": m["time/train_s"]})
+        print(f"  TorchTrainer     rep {rep}: {trainer[-1]['steps_per_s']:.1f} steps/s", flush=True)
+    ray.shutdown()
+    ratio = statistics.mean(r["steps_per_s"] for r in trainer) / statistics.mean(r["steps_per_s"] for r in bare)
+    return {"steps": STEPS, "worker_threads": threads, "trainer": trainer, "bare": bare, "ratio": ratio}
+
+
+def _dpo_steps(raw: dict, blocks: int, steps: int) -> dict:
+    """Alternating blocks of DPO steps on one model: reference log-probs from the cache,
+    or from a forward of a second (frozen) model on the same batch."""
+    import torch
+
+    from workers.data import BatchStream, collate_pairs
+    from workers.loop import load_inputs
+    from workers.losses import dpo_loss
+    from workers.model import load_policy
+    from workers.reference import policy_pair_logps
+
+    cfg = _trial(raw)
+    t = cfg.train
+    device = torch.device("cpu")
+    tokenizer, _, _, pref_train, _ = load_inputs(cfg, device)
+    model = load_policy(cfg.model, cfg.cache_dir, device)
+    reference = load_policy(cfg.model, cfg.cache_dir, device, lora=False).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=t.betas)
+    stream = BatchStream(pref_train, t.batch_size, t.seed, lambda r: collate_pairs(r, tokenizer.pad_token_id))
+
+    phases = {"collate": [], "reference": [], "forward": [], "backward": [], "clip+optimizer": []}
+
+    def block(live: bool, record: bool = True) -> float:
+        started = time.perf_counter()
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            b = stream.next()
+            t1 = time.perf_counter()
+            if live:
+                with torch.no_grad():
+                    ref_c, ref_r = policy_pair_logps(reference, b)
+            else:
+                ref_c, ref_r = b["ref_chosen"], b["ref_rejected"]
+            t2 = time.perf_counter()
+            c, r = policy_pair_logps(model, b)
+            loss = dpo_loss(c, r, ref_c, ref_r, t.beta)[0].mean()
+            t3 = time.perf_counter()
+            loss.backward()
+            t4 = time.perf_counter()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            t5 = time.perf_counter()
+            if record:
+                spans = (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)
+                for name, span in zip(phases, spans):
+                    if name != "reference" or live:
+                        phases[name].append(span)
+        return (time.perf_counter() - started) / steps
+
+    block(False, False), block(True, False)  # warm-up, not counted
+    cached, live = [], []
+    for _ in range(blocks):
+        cached.append(block(False))
+        live.append(block(True))
+    ms = {k: 1000 * statistics.median(v) for k, v in phases.items()}
+    # What the phases predict: live adds one no-grad forward to what both pay.
+    both = ms["collate"] + ms["forward"] + ms["backward"] + ms["clip+optimizer"]
+    return {"cached_step_s": cached, "live_step_s": live, "phase_median_ms": ms,
+            "predicted_ratio": both / (both + ms["reference"]),
+            "ratio": statistics.median(cached) / statistics.median(live), "blocks": blocks, "steps_per_block": steps}
+
+
+def cached_vs_live_reference() -> dict:
+    return run_isolated(_dpo_steps, trial_config(), 6, 40)
+
+
+def main() -> None:
+    prepare_cache()
+    print("TorchTrainer worker vs bare loop ...", flush=True)
+    tvb = trainer_vs_bare()
+    print(f"  ratio {tvb['ratio']:.3f}", flush=True)
+    print("DPO step, cached vs live reference ...", flush=True)
+    ref = cached_vs_live_reference()
+    print(f"  ratio {ref['ratio']:.3f}", flush=True)
+    write_result("throughput", {"trainer_vs_bare": tvb, "cached_vs_live_reference": ref})
+
+
+if __name__ == "__main__":
+    main()
