@@ -32,6 +32,7 @@ def paper_figure(data: dict):
     ax.scatter([star[0]], [star[1]], marker="*", s=250, color="black", zorder=5, label="ideal point (f*)")
     ax.set_xscale("log")
     ax.set_yscale("symlog", linthresh=1e-2)
+    ax.set_ylim(bottom=0)  # losses are never negative: no empty half below zero
     ax.set_xlabel("held-out SFT loss")
     ax.set_ylabel("held-out DPO loss")
     ax.set_title("Final losses (dots: seeds; line: mean per λ, labelled)")
