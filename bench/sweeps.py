@@ -91,7 +91,9 @@ def main() -> None:
               f"share in training+eval {100 * r['share_in_training']:.0f}%", flush=True)
         out[name] = r
     print("a trivial one-worker TorchTrainer.fit(), Ray Train's poll at 2.0 s and at 0.2 s ...", flush=True)
-    trivial = {str(poll): run_isolated(trivial_fits, poll) for poll in (2.0, 0.2)}
+    from bench.sweeps import trivial_fits as fits  # by its module name: Ray's workers cannot import a __main__
+
+    trivial = {str(poll): run_isolated(fits, poll) for poll in (2.0, 0.2)}
     for poll, r in trivial.items():
         print(f"  poll {poll} s: {', '.join(f'{w:.1f}' for w in r['wall_s'])} s", flush=True)
     write_result("sweeps", {"sweeps": out, "trivial_fit": trivial})

@@ -186,6 +186,9 @@ def run_stage(cfg: ExperimentConfig, stage: str, points: list[dict], anchors: An
             param_space={"point": tune.grid_search(points)},
             tune_config=tune.TuneConfig(
                 max_concurrent_trials=max_concurrent(cfg, len(points)),
+                # A trial process is kept for the next trial: its imports (torch, transformers,
+                # datasets: most of a short trial's fixed cost) are paid once per slot.
+                reuse_actors=True,
                 trial_name_creator=lambda t: trial_label(t.config["point"]),
                 trial_dirname_creator=lambda t: f"{trial_label(t.config['point'])}-{t.trial_id}",
             ),

@@ -128,3 +128,17 @@ def test_lora_targets_that_match_nothing_are_named(cache_dir):
     ).resolved()
     with pytest.raises(ValueError, match=r"model.lora.targets \['q_proj'\] match no module.*query_key_value"):
         run(cfg)
+
+
+def test_peak_memory_is_per_trial_after_a_reset():
+    from workers.loop import peak_memory_mb, reset_peak_memory
+
+    cpu = torch.device("cpu")
+    big = torch.ones(400 * 2**20 // 4)  # 400 MiB, touched
+    high = peak_memory_mb(cpu)
+    del big
+    reset_peak_memory(cpu)
+    after = peak_memory_mb(cpu)
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("no /proc: the peak is the process's (ru_maxrss)")
+    assert after < high - 300, (high, after)

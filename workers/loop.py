@@ -84,6 +84,7 @@ def fit(cfg: TrialConfig, session) -> list[dict]:
     """Run one trial; returns the trajectory (one dict of metrics per evaluation)."""
     t = cfg.train
     started = time.perf_counter()
+    reset_peak_memory(session.device)
     with session.latest_checkpoint() as resume_dir:
         s = setup(cfg, session, resume_dir)
         progress = load_progress(resume_dir, s) if resume_dir else Progress()
@@ -299,10 +300,24 @@ def report(session, s: Setup, cfg: TrialConfig, progress: Progress, checkpoint: 
         session.report(metrics, checkpoint_dir=d if session.rank == 0 else None)
 
 
+def reset_peak_memory(device) -> None:
+    """Start this trial's peak afresh: a Tune actor runs trial after trial (reuse_actors),
+    and a process's peak RSS would otherwise carry the largest of them."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: VmHWM := current RSS
+
+
 def peak_memory_mb(device) -> float:
+    """Peak since ``reset_peak_memory``: CUDA allocations on a GPU, resident set on a CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    with contextlib.suppress(OSError, StopIteration):
+        status = Path("/proc/self/status").read_text().splitlines()
+        return int(next(line.split()[1] for line in status if line.startswith("VmHWM:"))) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # no /proc: the process's peak, in KiB
 
 
 def save_checkpoint(d: str, s: Setup, progress: Progress) -> None:
