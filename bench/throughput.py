@@ -12,8 +12,8 @@ import time
 
 from bench.common import WORK, prepare_cache, run_isolated, trial_config, write_result
 
-STEPS = 300
-REPS = 2
+STEPS = 600
+REPS = 3
 LAM = 0.5
 
 

@@ -76,7 +76,7 @@ class MlflowSync:
     """Mirrors Tune's trial results into MLflow child runs as they arrive.
 
     MLflow being down must not stop a sweep: a failed write is logged once and skipped
-    (Tune's results on storage keep everything; ``rightsweep sync`` backfills later).
+    (Tune's results on storage keep everything).
     Holds only plain values, so Tune can pickle it with the experiment state.
     """
 
@@ -99,7 +99,8 @@ class MlflowSync:
             return fn(self._tracker)
         except Exception as e:  # any MLflow/transport failure
             if not self._warned:
-                log.warning("MLflow unavailable (%s); the sweep goes on, run `rightsweep sync` later to backfill", e)
+                log.warning("MLflow unavailable (%s); the sweep goes on, its results stay in Tune's state under %s",
+                            e, Path(self.storage) / self.experiment / "tune")
                 self._warned = True
             self._tracker = None
             return None

@@ -71,10 +71,22 @@ class Window:
     def __init__(self):
         self.sums: dict[str, torch.Tensor | float] = {k: 0.0 for k in OBJECTIVES}
         self.counts = {k: 0 for k in OBJECTIVES}
+        self.losses: list[tuple[int, str, torch.Tensor]] = []  # (step, objective, loss)
 
-    def add(self, name: str, loss: torch.Tensor) -> None:
+    def add(self, step: int, name: str, loss: torch.Tensor) -> None:
         self.sums[name] = self.sums[name] + loss  # stays on the loss's device: no sync
         self.counts[name] += 1
+        self.losses.append((step, name, loss))
+
+    def first_non_finite(self) -> tuple[int, str, float] | None:
+        """The first NaN or infinite training loss of the window: one sync per report."""
+        if not self.losses:
+            return None
+        finite = torch.isfinite(torch.stack([loss for _, _, loss in self.losses]))
+        if bool(finite.all()):
+            return None
+        step, name, loss = self.losses[int((~finite).nonzero()[0])]
+        return step, name, float(loss)
 
     def means(self) -> dict[str, float]:
         return {f"train/{k}_loss": float(self.sums[k]) / n for k, n in self.counts.items() if n}
@@ -224,7 +236,7 @@ def record_step(progress: Progress, losses: dict, window: Window) -> None:
     for name, (loss, tokens) in losses.items():
         progress.updates[name] += 1
         progress.tokens[name] += tokens  # a tensor until the next report
-        window.add(name, loss)
+        window.add(progress.step, name, loss)
 
 
 @torch.no_grad()
@@ -266,6 +278,13 @@ def decisions_digest(decisions: str) -> int:
 
 def report(session, s: Setup, cfg: TrialConfig, progress: Progress, checkpoint: bool, window: Window | None = None) -> None:
     """Evaluate, check that every rank took the same decisions, report (and checkpoint)."""
+    diverged = window.first_non_finite() if window is not None else None
+    if diverged is not None:
+        step, name, value = diverged
+        raise FloatingPointError(
+            f"training diverged: the {name.upper()} loss was {value} at step {step} "
+            f"(trial.train.lr={cfg.train.lr:g}); lower the learning rate"
+        )
     started = time.perf_counter()
     metrics = {"step": progress.step}
     metrics.update(evaluate(s, cfg.train.beta, session.device, cfg.train.eval_batch_size, session.rank, session.world_size))
