@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -21,7 +20,6 @@ RESULTS = ROOT / "bench" / "results"
 WORK = ROOT / "bench" / ".work"  # caches and scratch sweeps; not committed
 QUIET_ENV = {"TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
              "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-os.environ.update({k: v for k, v in QUIET_ENV.items() if k not in os.environ})
 
 
 def machine() -> dict:
@@ -39,10 +37,15 @@ def machine() -> dict:
     }
 
 
-def write_result(name: str, data: dict) -> Path:
+def quiet_offline() -> None:
+    """No hub access and no progress bars, for this process and the ones it starts."""
+    os.environ.update({k: v for k, v in QUIET_ENV.items() if k not in os.environ})
+
+
+def write_result(name: str, data: dict, command: str) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    data = {"machine": machine(), "command": " ".join(["python", "-m", *sys.argv]) if sys.argv else "", **data}
+    data = {"machine": machine(), "command": command, **data}
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=1))
     tmp.replace(path)

@@ -15,7 +15,7 @@ import argparse
 import time
 
 from bench import stats
-from bench.common import prepare_cache, run_trial, trial_config, write_result
+from bench.common import prepare_cache, quiet_offline, run_trial, trial_config, write_result
 
 LAMS = [0.1, 0.25, 0.5, 0.75, 0.9]
 SCHEDULES = ["seq_dpo_sft", "seq_sft_dpo", "mix", "alright", "maxright"]
@@ -88,8 +88,10 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3, help="seeds per cell (default 3)")
     ap.add_argument("--steps", type=int, help="override the preset's 600 steps (for a quick pass)")
     args = ap.parse_args()
+    quiet_offline()
     data = run(list(range(args.seeds)), args.steps)
-    write_result("paper_comparison", data)
+    command = f"python -m bench.paper --seeds {args.seeds}" + (f" --steps {args.steps}" if args.steps else "")
+    write_result("paper_comparison", data, command)
     from bench.figures import paper_figure
 
     paper_figure(data)

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import QUIET_ENV, WORK, read_result, run_isolated, write_result
+from bench.common import QUIET_ENV, WORK, quiet_offline, read_result, run_isolated, write_result
 
 SWEEPS = {
     # name: (preset, overrides, what it measures)
@@ -73,6 +73,7 @@ def max_overlap(trials: list[dict]) -> int:
 
 
 def main() -> None:
+    quiet_offline()
     names = sys.argv[1:] or list(SWEEPS)  # a subset reruns only those and keeps the others' results
     out = {k: v for k, v in ((read_result("sweeps") or {}).get("sweeps") or {}).items() if k in SWEEPS and k not in names}
     for name in names:
@@ -96,7 +97,7 @@ def main() -> None:
     trivial = {str(poll): run_isolated(fits, poll) for poll in (2.0, 0.2)}
     for poll, r in trivial.items():
         print(f"  poll {poll} s: {', '.join(f'{w:.1f}' for w in r['wall_s'])} s", flush=True)
-    write_result("sweeps", {"sweeps": out, "trivial_fit": trivial})
+    write_result("sweeps", {"sweeps": out, "trivial_fit": trivial}, " ".join(["python -m bench.sweeps", *sys.argv[1:]]))
 
 
 def _trivial_loop(config: dict) -> None:

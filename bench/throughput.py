@@ -10,7 +10,7 @@ import statistics
 import tempfile
 import time
 
-from bench.common import WORK, prepare_cache, run_isolated, trial_config, write_result
+from bench.common import WORK, prepare_cache, quiet_offline, run_isolated, trial_config, write_result
 
 STEPS = 600
 REPS = 3
@@ -175,6 +175,7 @@ def cached_vs_live_reference() -> dict:
 
 
 def main() -> None:
+    quiet_offline()
     prepare_cache()
     print("TorchTrainer worker vs bare loop ...", flush=True)
     tvb = trainer_vs_bare()
@@ -182,7 +183,7 @@ def main() -> None:
     print("DPO step, cached vs live reference ...", flush=True)
     ref = cached_vs_live_reference()
     print(f"  ratio {ref['ratio']:.3f}", flush=True)
-    write_result("throughput", {"trainer_vs_bare": tvb, "cached_vs_live_reference": ref})
+    write_result("throughput", {"trainer_vs_bare": tvb, "cached_vs_live_reference": ref}, "python -m bench.throughput")
 
 
 if __name__ == "__main__":
