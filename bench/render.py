@@ -11,6 +11,7 @@ import math
 
 from bench import stats
 from bench.common import RESULTS, ROOT, read_result
+from bench.sweeps import SWEEPS
 
 OUT = ROOT / "BENCHMARKS.md"
 
@@ -108,8 +109,7 @@ def ratios_section(paper: dict | None, throughput: dict | None, sweeps_all: dict
         rows.append(("reference passes over the preference data in a sweep of N trials", "1, for any N", passes,
                      all(v["reference_passes"] == 1 for v in sweeps.values())))
         for k, v in sweeps.items():
-            local = "local" in k
-            target = 1.0 if local else 10.0
+            target = SWEEPS[k][3]
             rows.append((f"fixed per-trial overhead, {v['what']} (trial wall − time in steps and evaluation)",
                          f"≤ {target:g} s", f"mean {v['overhead_mean_s']:.1f} s, max {v['overhead_max_s']:.1f} s "
                          f"({v['n_trials']} trials, {v['slots']} at a time); of it, the loop's own set-up (data, model, "

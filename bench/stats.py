@@ -43,11 +43,10 @@ def derive(trials: list[dict], star: tuple[float, float]) -> list[dict]:
     for t in trials:
         g_sft, g_dpo = t["sft_loss"] - star[0], t["dpo_loss"] - star[1]
         b = base.get((t["lam"], t["seed"]))
-        pct = lambda a, z: 100.0 * (a / z - 1.0) if b is not None else math.nan  # noqa: E731
         out.append({
             **t, "gap_sft": g_sft, "gap_dpo": g_dpo, "ideal_distance": math.hypot(g_sft, g_dpo), "runtime_s": runtime_s(t),
-            "runtime_pct": pct(runtime_s(t), runtime_s(b)) if b else math.nan,
-            "peak_mem_pct": pct(t["peak_mem_mb"], b["peak_mem_mb"]) if b else math.nan,
+            "runtime_pct": 100.0 * (runtime_s(t) / runtime_s(b) - 1.0) if b else math.nan,
+            "peak_mem_pct": 100.0 * (t["peak_mem_mb"] / b["peak_mem_mb"] - 1.0) if b else math.nan,
         })
     return out
 

@@ -24,15 +24,13 @@ def _trial(raw: dict):
 
 
 def _bare_loop(raw: dict, decisions: str, threads: int) -> dict:
-    """The same model, batches and objective per step as the trial, with nothing but
-    forward, backward, clip and AdamW: what a hand-written loop would cost."""
+    """The same model, batches, losses and objective per step as the trial, with nothing
+    around them but backward, clip and AdamW: what a hand-written loop would cost."""
     import torch
 
     from workers.data import BatchStream, collate_pairs, collate_sft
-    from workers.loop import load_inputs
-    from workers.losses import dpo_loss, sft_loss, shift_for_causal_lm
+    from workers.loop import load_inputs, objective_loss
     from workers.model import load_policy
-    from workers.reference import policy_pair_logps
 
     torch.set_num_threads(threads)
     cfg = _trial(raw)
@@ -48,14 +46,8 @@ def _bare_loop(raw: dict, decisions: str, threads: int) -> dict:
     dpo = BatchStream(pref_train, t.batch_size, t.seed + 1, lambda r: collate_pairs(r, pad))
     started = time.perf_counter()
     for d in decisions:
-        if d == "S":
-            b = sft.next()
-            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-            loss = sft_loss(*shift_for_causal_lm(logits, b["input_ids"], b["loss_mask"]))
-        else:
-            b = dpo.next()
-            c, r = policy_pair_logps(model, b)
-            loss = dpo_loss(c, r, b["ref_chosen"], b["ref_rejected"], t.beta)[0].mean()
+        name, stream = ("sft", sft) if d == "S" else ("dpo", dpo)
+        loss, _ = objective_loss(name, model, stream.next(), t.beta)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), t.max_grad_norm)
         opt.step()

@@ -65,18 +65,14 @@ class Progress:
 
 
 class Window:
-    """Training losses since the last report, summed as tensors: a ``.item()`` per step
+    """Training losses since the last report, kept as tensors: a ``.item()`` per step
     would force a host sync every step, which costs real time at small model sizes."""
 
     def __init__(self):
-        self.sums: dict[str, torch.Tensor | float] = {k: 0.0 for k in OBJECTIVES}
-        self.counts = {k: 0 for k in OBJECTIVES}
         self.losses: list[tuple[int, str, torch.Tensor]] = []  # (step, objective, loss)
 
     def add(self, step: int, name: str, loss: torch.Tensor) -> None:
-        self.sums[name] = self.sums[name] + loss  # stays on the loss's device: no sync
-        self.counts[name] += 1
-        self.losses.append((step, name, loss))
+        self.losses.append((step, name, loss))  # stays on the loss's device: no sync
 
     def first_non_finite(self) -> tuple[int, str, float] | None:
         """The first NaN or infinite training loss of the window: one sync per report."""
@@ -89,7 +85,12 @@ class Window:
         return step, name, float(loss)
 
     def means(self) -> dict[str, float]:
-        return {f"train/{k}_loss": float(self.sums[k]) / n for k, n in self.counts.items() if n}
+        out = {}
+        for k in OBJECTIVES:
+            mine = [loss for _, name, loss in self.losses if name == k]
+            if mine:
+                out[f"train/{k}_loss"] = float(torch.stack(mine).mean())
+        return out
 
 
 def fit(cfg: TrialConfig, session) -> list[dict]:
