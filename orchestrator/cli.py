@@ -67,9 +67,10 @@ def cmd_train(args) -> int:
     trial = cfg.trial.model_copy(update={"output_dir": str(out_dir)})
 
     from orchestrator.cluster import connect
-    from orchestrator.trial import build_trainer
+    from orchestrator.trial import build_trainer, prepare_shared
 
     connect()
+    prepare_shared(trial, cfg.resources)
     result = build_trainer(trial, cfg.resources, name, cfg.storage).fit()
     if result.error:
         log.error("trial failed: %s", result.error)

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from workers.config import Section, TrialConfig
+from workers.config import ConfigError, Section, TrainSpec, TrialConfig  # noqa: F401 (ConfigError: re-exported)
 
 PRESETS = Path(__file__).parent / "configs"
 
@@ -52,6 +52,9 @@ class SweepSpec(Section):
         True, description="run SFT-only and DPO-only trials first to estimate f* (skipped when trial.train gives f*)"
     )
     max_concurrent_trials: int | None = Field(None, gt=0, description="default: as many as the cluster's resources fit")
+    per_schedule: dict[Schedule, dict[str, Any]] = Field(
+        default_factory=dict, description="trial.train fields that differ by schedule, e.g. {mix: {lr: 1.0e-5}}"
+    )
 
 
 class TrackingSpec(Section):
@@ -79,13 +82,21 @@ class ExperimentConfig(Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _per_schedule_is_valid_train(self) -> "ExperimentConfig":
+        for schedule, override in self.sweep.per_schedule.items():
+            where = f"sweep.per_schedule.{schedule}"
+            if axes := sorted({"schedule", "lam", "seed"} & override.keys()):
+                raise ValueError(f"{where}: {axes} are set by the grid (sweep.schedules, lams, seeds), not per schedule")
+            try:
+                TrainSpec.model_validate({**self.trial.train.model_dump(), **override, "schedule": "alright"})
+            except ValidationError as e:
+                raise ValueError("\n".join(f"{where}.{line}" for line in format_validation_error(e).splitlines())) from None
+        return self
+
     @property
     def anchors_given(self) -> bool:
         return self.trial.train.f_star_sft is not None and self.trial.train.f_star_dpo is not None
-
-
-class ConfigError(ValueError):
-    """A config problem, worded for the user: names the field and what is allowed."""
 
 
 def preset_path(name_or_path: str) -> Path:
@@ -130,13 +141,15 @@ def format_validation_error(e: ValidationError) -> str:
     """One line per problem: the dotted field, what was wrong, what is allowed."""
     lines = []
     for err in e.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "config"
+        where = ".".join(str(p) for p in err["loc"])
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see the preset YAML for the fields)"
         elif err["type"] == "literal_error":
             msg = f"got {err.get('input')!r}; {msg[0].lower()}{msg[1:]}"
-        lines.append(f"{where}: {msg}")
+        elif err["type"] == "value_error":  # our validators' own words; a whole-config one names its fields
+            msg = msg.removeprefix("Value error, ")
+        lines.append(f"{where}: {msg}" if where else msg)
     return "\n".join(lines)
 
 

@@ -9,26 +9,26 @@ import tempfile
 from pathlib import Path
 
 from orchestrator.config import ConfigError, ExperimentConfig
-from workers.config import DatasetSpec
+from workers.config import EMBEDDED, DatasetSpec, ModelSpec
+
+HUB_TIMEOUT_S = 10
 
 
-def dataset_columns(path: Path) -> list[str]:
-    """Column names of a local json / jsonl / parquet file, reading as little as it can."""
+def dataset_columns(path: Path) -> list[str] | None:
+    """Column names of a local json / jsonl / parquet file, reading as little as it can;
+    None when it holds no row."""
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        return list(pq.read_schema(path).names)
+        meta = pq.read_metadata(path)
+        return list(meta.schema.names) if meta.num_rows else None
     with open(path) as f:
         if path.suffix == ".jsonl":
             first = f.readline()
-            if not first.strip():
-                raise ConfigError(f"{path} is empty")
-            return list(json.loads(first))
+            return list(json.loads(first)) if first.strip() else None
         data = json.load(f)
     rows = data if isinstance(data, list) else data.get("data", []) if isinstance(data, dict) else []
-    if not rows:
-        raise ConfigError(f"{path} holds no rows")
-    return list(rows[0])
+    return list(rows[0]) if rows else None
 
 
 def check_dataset(field: str, spec: DatasetSpec) -> None:
@@ -41,9 +41,35 @@ def check_dataset(field: str, spec: DatasetSpec) -> None:
         have = dataset_columns(path)
     except (ValueError, OSError) as e:
         raise ConfigError(f"{field}.source: cannot read {path}: {e}") from None
+    if have is None:
+        raise ConfigError(f"{field}.source: {path} holds no rows")
     missing = sorted(set(spec.columns.values()) - set(have))
     if missing:
         raise ConfigError(f"{field}.columns: {path} has no column(s) {missing}; it has {have}")
+
+
+def check_model(spec: ModelSpec) -> None:
+    """A hub name must be in the local Hugging Face cache or reachable on the hub: offline,
+    a trial would otherwise fail only once its worker tries to download it."""
+    name = spec.name
+    if name == EMBEDDED or Path(name).expanduser().exists():
+        return
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1:
+        raise ConfigError(f"trial.model.name: {name} does not exist (allowed: 'embedded', a hub name, or a local path)")
+    from huggingface_hub import model_info, try_to_load_from_cache
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    if isinstance(try_to_load_from_cache(name, "config.json", revision=spec.revision), str):
+        return
+    try:
+        model_info(name, revision=spec.revision, timeout=HUB_TIMEOUT_S)
+    except (RepositoryNotFoundError, RevisionNotFoundError) as e:
+        raise ConfigError(f"trial.model.name: {name!r} (revision {spec.revision or 'main'}) is not on the hub: {type(e).__name__}") from None
+    except Exception as e:  # offline mode, DNS, refused or timed-out connections
+        raise ConfigError(
+            f"trial.model.name: {name!r} is neither a local path nor in the Hugging Face cache, and the hub cannot be "
+            f"reached ({type(e).__name__}): it needs network access to the hub, or a local path to a saved model"
+        ) from None
 
 
 def check_storage(storage: str) -> None:
@@ -59,6 +85,7 @@ def check_storage(storage: str) -> None:
 
 
 def preflight(cfg: ExperimentConfig) -> None:
+    check_model(cfg.trial.model)
     check_dataset("trial.data.sft", cfg.trial.data.sft)
     check_dataset("trial.data.pref", cfg.trial.data.pref)
     check_storage(cfg.storage)

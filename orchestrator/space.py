@@ -24,9 +24,11 @@ def main_points(schedules: list[str], lams: list[float], seeds: list[int]) -> li
     ]
 
 
-def apply_point(trial: TrialConfig, point: dict, anchors: Anchors | None) -> TrialConfig:
-    """The trial config of one grid point, revalidated (f* only matters to MAXRIGHT)."""
+def apply_point(trial: TrialConfig, point: dict, anchors: Anchors | None, per_schedule: dict | None = None) -> TrialConfig:
+    """The trial config of one grid point, revalidated (f* only matters to MAXRIGHT);
+    ``per_schedule`` holds the train fields that differ by schedule (``sweep.per_schedule``)."""
     raw = trial.model_dump()
+    raw["train"].update((per_schedule or {}).get(point["schedule"], {}))
     raw["train"].update(schedule=point["schedule"], lam=point["lam"], seed=point["seed"])
     if anchors is not None:
         raw["train"].update(f_star_sft=anchors.f_star_sft, f_star_dpo=anchors.f_star_dpo)

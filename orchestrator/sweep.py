@@ -27,7 +27,8 @@ DRIVER_MEMORY = 64 * 2**20  # bytes a trial's driver process reserves when worke
 
 
 def trial_params(cfg: ExperimentConfig, point: dict) -> dict:
-    t, m, d = cfg.trial.train, cfg.trial.model, cfg.trial.data
+    t = cfg.trial.train.model_copy(update=cfg.sweep.per_schedule.get(point["schedule"], {}))
+    m, d = cfg.trial.model, cfg.trial.data
     return redact({
         "schedule": point["schedule"], "lam": point["lam"], "seed": point["seed"], "stage": point["stage"],
         "k": t.maxright_eval_every, "total_steps": t.total_steps, "lr": t.lr, "beta": t.beta,
@@ -215,29 +216,10 @@ def run_stage(cfg: ExperimentConfig, stage: str, points: list[dict], anchors: An
     return finished, failed
 
 
-def prepare_shared(cfg: ExperimentConfig) -> None:
-    """Build the embedded assets and the reference log-probs once, before any trial, as a
-    Ray task with a trial's resources (the reference needs the model, and maybe a GPU)."""
-    import ray
-
-    def prepare(trial: dict) -> None:
-        import torch
-
-        from workers.config import TrialConfig
-        from workers.loop import load_inputs
-
-        load_inputs(TrialConfig.model_validate(trial), torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-
-    need = cfg.resources.per_process()
-    task = ray.remote(prepare).options(num_cpus=need.pop("CPU"), num_gpus=need.pop("GPU", 0), resources=need)
-    started = time.perf_counter()
-    ray.get(task.remote(cfg.trial.model_dump()))
-    log.info("shared inputs ready (embedded assets, reference log-probs) in %.1fs", time.perf_counter() - started)
-
-
 def run_sweep(cfg: ExperimentConfig, resume: bool = False) -> Summary:
     from orchestrator.cluster import connect
     from orchestrator.tracking import Tracker, tracking_uri
+    from orchestrator.trial import prepare_shared
 
     sweep_dir = Path(cfg.storage) / cfg.name
     state_file = sweep_dir / "sweep.json"
@@ -256,7 +238,7 @@ def run_sweep(cfg: ExperimentConfig, resume: bool = False) -> Summary:
     log.info("MLflow: experiment %r, parent run %s, store %s", cfg.name, parent_id, redact_text(uri))
 
     connect()
-    prepare_shared(cfg)
+    prepare_shared(cfg.trial, cfg.resources)
 
     trajectories: dict[str, list[dict]] = {}
     if cfg.anchors_given:

@@ -3,12 +3,53 @@ in a sweep, a Tune function builds and fits it."""
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 
 from orchestrator.config import ExperimentConfig, Resources
 from orchestrator.pareto import Anchors
 from orchestrator.space import apply_point
-from workers.config import TrialConfig
+from workers.config import ConfigError, TrialConfig
+
+log = logging.getLogger("rightsweep")
+
+
+def _prepare(trial: dict, world_size: int) -> None:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from workers.data import BatchStream
+    from workers.loop import load_inputs
+    from workers.model import add_lora, model_path
+
+    cfg = TrialConfig.model_validate(trial)
+    _, sft_train, _, pref_train, _ = load_inputs(cfg, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    for ds in (sft_train, pref_train):  # each worker's share must fill a batch
+        BatchStream(ds, cfg.train.batch_size, 0, collate=None, world_size=world_size)
+    if cfg.model.lora is not None:  # the adapters' targets must exist; a weightless model shows it
+        m = cfg.model
+        config = AutoConfig.from_pretrained(model_path(m, cfg.cache_dir), revision=m.revision, trust_remote_code=m.trust_remote_code)
+        with torch.device("meta"):
+            add_lora(AutoModelForCausalLM.from_config(config, trust_remote_code=m.trust_remote_code), m)
+
+
+def prepare_shared(trial: TrialConfig, resources: Resources) -> None:
+    """Before any trial, once: build the embedded assets and the reference log-probs, and
+    read the inputs far enough to refuse what the config alone could not show (no row fits
+    max_len, LoRA targets match nothing, the model cannot be loaded) as a ``ConfigError``.
+    A Ray task with one training process's resources (the reference needs the model, and
+    maybe a GPU)."""
+    import ray
+
+    need = resources.per_process()
+    task = ray.remote(_prepare).options(num_cpus=need.pop("CPU"), num_gpus=need.pop("GPU", 0), resources=need, max_retries=0)
+    started = time.perf_counter()
+    try:
+        ray.get(task.remote(trial.model_dump(), max(resources.num_workers, 1)))
+    except ConfigError as e:  # Ray's error subclasses the worker's: report the worker's own message
+        raise ConfigError(str(getattr(e, "cause", e))) from None
+    log.info("shared inputs ready (embedded assets, reference log-probs) in %.1fs", time.perf_counter() - started)
 
 
 def build_trainer(trial: TrialConfig, resources: Resources, name: str, storage: str, callbacks=()):
@@ -47,7 +88,7 @@ def tune_trial(config: dict, experiment: dict, anchors: dict | None) -> None:
     cfg = ExperimentConfig.model_validate(experiment)
     trial_id = ray.tune.get_context().get_trial_id()
     sweep_dir = Path(cfg.storage) / cfg.name
-    trial = apply_point(cfg.trial, config["point"], Anchors(**anchors) if anchors else None)
+    trial = apply_point(cfg.trial, config["point"], Anchors(**anchors) if anchors else None, cfg.sweep.per_schedule)
     trial = trial.model_copy(update={"output_dir": str(sweep_dir / "trials" / trial_id)})
     callbacks = []
     if cfg.resources.num_workers:

@@ -150,7 +150,7 @@ def test_batch_stream_state_round_trip():
 
 
 def test_batch_stream_too_small_is_an_error():
-    with pytest.raises(ValueError, match="cannot fill one batch of 8 on each of 2 workers"):
+    with pytest.raises(ValueError, match="cannot fill one batch of 8 on each of 2 worker"):
         _stream(n=10, bs=8, world=2)
 
 

@@ -58,13 +58,6 @@ def test_cli_train_runs_one_trial(cache_dir, tmp_path):
     assert f"eval/sft_loss={points[-1]['eval/sft_loss']:.4f}" in final and points[-1]["step"] == 40
 
 
-def test_cli_bad_input_exits_2_before_ray(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "orchestrator", "train", "--lam", "1.5"], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2
-    assert "trial.train.lam: Input should be less than or equal to 1" in proc.stderr
-    assert "Ray" not in proc.stderr
-
-
 def test_cli_sweep_with_one_worker_per_trial(tmp_path):
     """A sweep whose trials each drive a one-worker TorchTrainer (the trial process reserves
     no CPU), sharing one reference pass; its own storage, so its own cache."""

@@ -21,6 +21,14 @@ PREF_PRESETS = {"hh": {"prompt": "prompt", "chosen": "chosen", "rejected": "reje
 DEFAULT_TEMPLATE = "User: {prompt}\nAssistant: "
 
 
+class ConfigError(ValueError):
+    """A config problem, worded for the user: names the field and what is allowed.
+
+    Raised on the driver when the config alone shows it, and by the workers' loaders when
+    only reading the inputs does (every row dropped by max_len, LoRA targets that match
+    nothing, a model that cannot be loaded); the driver reports both as bad input (exit 2)."""
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -129,6 +137,9 @@ class TrainSpec(Section):
     def _maxright_needs_anchors(self) -> "TrainSpec":
         if self.schedule == "maxright" and (self.f_star_sft is None or self.f_star_dpo is None):
             raise ValueError("schedule 'maxright' needs f_star_sft and f_star_dpo (or the sweep's anchor stage)")
+        if self.sequential_switch_step is not None and self.sequential_switch_step > self.total_steps:
+            raise ValueError(f"sequential_switch_step {self.sequential_switch_step} is past total_steps {self.total_steps} "
+                             "(allowed: 0 to total_steps)")
         return self
 
     def schedule_options(self) -> dict:

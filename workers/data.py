@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from workers.config import DEFAULT_TEMPLATE, EMBEDDED, LOCAL_SUFFIXES, DatasetSpec
+from workers.config import DEFAULT_TEMPLATE, EMBEDDED, LOCAL_SUFFIXES, ConfigError, DatasetSpec
 
 log = logging.getLogger("rightsweep.data")
 
@@ -163,14 +163,16 @@ def _require_columns(table, columns: dict[str, str], source: str) -> None:
         raise ValueError(f"dataset {source} has no column(s) {missing}; it has {table.column_names}")
 
 
-def split_table(table, spec: DatasetSpec, seed: int):
-    """(train, eval) raw tables: a named eval split, or ``eval_size`` held-out rows."""
+def split_table(table, spec: DatasetSpec, seed: int, field: str = "data"):
+    """(train, eval) raw tables: a named eval split, or ``eval_size`` held-out rows.
+    ``field`` is the spec's place in the config, for the error."""
     if spec.eval_split is not None:
         train, held = table, load_table(spec.source, spec.eval_split)
         held = held.select(range(min(spec.eval_size, len(held))))
     else:
         if len(table) <= spec.eval_size:
-            raise ValueError(f"dataset {spec.source} has {len(table)} rows; eval_size {spec.eval_size} leaves none to train on")
+            raise ConfigError(f"{field}.eval_size: {spec.source} has {len(table)} rows; holding out {spec.eval_size} "
+                              "leaves none to train on (allowed: fewer than the rows)")
         parts = table.train_test_split(test_size=spec.eval_size, seed=seed, shuffle=True)
         train, held = parts["train"], parts["test"]
     if spec.max_rows is not None:
@@ -185,14 +187,15 @@ def load_split_tokenized(spec: DatasetSpec, kind: str, tokenizer, max_len: int, 
 
         spec = spec.model_copy(update={"source": str(ensure_embedded(cache_dir) / f"{kind}.jsonl")})
     table = load_table(spec.source, spec.split)
-    train, held = split_table(table, spec, seed)
+    train, held = split_table(table, spec, seed, f"trial.data.{kind}")
     tokenize = tokenize_sft if kind == "sft" else tokenize_pairs
     out = []
     for name, part in (("train", train), ("eval", held)):
         ds, counts = tokenize(part, spec, tokenizer, max_len)
         log.info("%s %s data from %s: %s", kind, name, spec.source, counts)
         if counts.rows == 0:
-            raise ValueError(f"{kind} {name} data from {spec.source} is empty after max_len={max_len} ({counts})")
+            raise ConfigError(f"trial.data.max_len: no {kind} {name} row of {spec.source} fits in max_len={max_len} "
+                              f"({counts}); raise max_len or shorten the prompts")
         out.append(ds)
     return tuple(out)
 
@@ -249,8 +252,9 @@ class BatchStream:
         per_rank = len(dataset) // world_size
         self.batches_per_epoch = per_rank // batch_size
         if self.batches_per_epoch == 0:
-            raise ValueError(
-                f"{len(dataset)} training rows cannot fill one batch of {batch_size} on each of {world_size} workers"
+            raise ConfigError(
+                f"trial.train.batch_size: {len(dataset)} training rows cannot fill one batch of {batch_size} on each of "
+                f"{world_size} worker(s) (allowed: at most {len(dataset) // world_size})"
             )
         self.epoch = 0
         self.position = 0

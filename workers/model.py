@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from workers.config import EMBEDDED, ModelSpec
+from workers.config import EMBEDDED, ConfigError, ModelSpec
 from workers.embedded import ensure_embedded
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -20,10 +20,10 @@ def model_path(spec: ModelSpec, cache_dir: str) -> str:
     return spec.name
 
 
-def _offline_hint(name: str, e: Exception) -> RuntimeError:
-    return RuntimeError(
-        f"could not load {name!r}: {e}. A hub name needs network access (or a populated Hugging Face "
-        "cache); offline, give a local path to a saved model."
+def _offline_hint(name: str, e: Exception) -> ConfigError:
+    return ConfigError(
+        f"trial.model.name: could not load {name!r} ({e}). A hub name needs network access (or a populated "
+        "Hugging Face cache); offline, give a local path to a saved model."
     )
 
 
@@ -81,7 +81,7 @@ def add_lora(model, spec: ModelSpec):
         return get_peft_model(model, cfg)
     except ValueError as e:
         names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
-        raise ValueError(f"model.lora.targets {lora.targets} match no module of {spec.name!r}; linear layers: {names}") from e
+        raise ConfigError(f"trial.model.lora.targets: {lora.targets} match no module of {spec.name!r}; its linear layers: {names}") from e
 
 
 def weights_identity(spec: ModelSpec, cache_dir: str) -> str:

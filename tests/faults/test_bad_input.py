@@ -1,4 +1,5 @@
-"""Bad input fails fast: exit 2 and one line naming the field, before Ray starts."""
+"""Bad input fails fast: exit 2 and one line naming the field and what is allowed, before
+any trial starts — and before Ray starts wherever the config alone shows the fault."""
 
 import json
 import subprocess
@@ -11,11 +12,55 @@ def rightsweep(*args, timeout=60):
     return subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True, timeout=timeout)
 
 
-def assert_refused(proc, message):
+def assert_refused(proc, message, ray_started=False):
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("rightsweep: config error:")]
-    assert errors and message in errors[0], proc.stderr[-2000:]
-    assert "Started a local Ray" not in proc.stderr and "started a local Ray" not in proc.stderr
+    assert len(errors) == 1 and message in errors[0], proc.stderr[-3000:]
+    assert ("started a local Ray" in proc.stderr) == ray_started, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "trial" not in proc.stdout.lower()
+
+
+# What the config alone shows: refused in about a second, Ray never started.
+CONFIG_FAULTS = {
+    "lambda above 1": (["--set", "trial.train.lam=1.5"], "trial.train.lam: Input should be less than or equal to 1"),
+    "lambda in the grid below 0": (["--set", "sweep.lams=[0.5, -0.1]"], "sweep.lams.1: Input should be greater than or equal to 0"),
+    "unknown schedule": (["--set", "sweep.schedules=[alright, roundrobin]"],
+                         "sweep.schedules.1: got 'roundrobin'; input should be 'sequential', 'mix', 'alright' or 'maxright'"),
+    "k = 0": (["--set", "trial.train.maxright_eval_every=0"], "trial.train.maxright_eval_every: Input should be greater than 0"),
+    "beta = 0": (["--set", "trial.train.beta=0"], "trial.train.beta: Input should be greater than 0"),
+    "beta < 0": (["--set", "trial.train.beta=-0.1"], "trial.train.beta: Input should be greater than 0"),
+    "no steps": (["--set", "trial.train.total_steps=0"], "trial.train.total_steps: Input should be greater than 0"),
+    "a grid with no lambda": (["--set", "sweep.lams=[]"], "sweep.lams: List should have at least 1 item"),
+    "a grid with no seed": (["--set", "sweep.seeds=[]"], "sweep.seeds: List should have at least 1 item"),
+    "a typo": (["--set", "trial.train.lr_rate=0.1"], "trial.train.lr_rate: unknown key (check the spelling"),
+    "a typo in a section": (["--set", "sweep.lambdas=[0.5]"], "sweep.lambdas: unknown key"),
+    "wrong type": (["--set", "trial.train.total_steps=many"], "trial.train.total_steps: Input should be a valid integer"),
+    "a scalar for a list": (["--set", "sweep.lams=0.5"], "sweep.lams: Input should be a valid list"),
+    "maxright without f* nor anchors": (["--set", "sweep.anchors=false"],
+                                        "sweep.schedules has maxright, which needs f*: set trial.train.f_star_sft and f_star_dpo, or sweep.anchors: true"),
+    "--set without =": (["--set", "trial.train.lam"], "--set 'trial.train.lam': expected key.path=value"),
+    "--set with bad YAML": (["--set", "sweep.lams=[0.5,"], "--set 'sweep.lams=[0.5,': value is not valid YAML"),
+    "--set into a value": (["--set", "trial.train.lr.x=1"], "--set 'trial.train.lr.x=1': 'lr' is not a section"),
+    "unknown preset": (["--config", "smok"], "unknown preset 'smok'; presets: default, llama3-8b-lora, pythia-1b, smoke"),
+    "switch past the end": (["--set", "trial.train.sequential_switch_step=41"],
+                            "trial.train: sequential_switch_step 41 is past total_steps 40 (allowed: 0 to total_steps)"),
+    "a per-schedule grid axis": (["--set", "sweep.per_schedule={mix: {lam: 0.2}}"],
+                                 "sweep.per_schedule.mix: ['lam'] are set by the grid"),
+    "a bad per-schedule value": (["--set", "sweep.per_schedule={mix: {lr: -1}}"], "sweep.per_schedule.mix.lr: Input should be greater than 0"),
+    "a bad sweep name": (["--set", "name=my/sweep"], "name: String should match pattern"),
+}
+
+
+@pytest.mark.parametrize("fault", CONFIG_FAULTS)
+def test_config_faults_exit_2_before_ray(fault, tmp_path):
+    args, message = CONFIG_FAULTS[fault]
+    args = ["--config", "smoke", *args] if "--config" not in args else args
+    assert_refused(rightsweep("sweep", "--set", f"storage={tmp_path}", *args), message)
+
+
+def test_train_flags_are_checked_like_the_config(tmp_path):
+    assert_refused(rightsweep("train", "--config", "smoke", "--lam", "1.5", "--set", f"storage={tmp_path}"),
+                   "trial.train.lam: Input should be less than or equal to 1")
 
 
 @pytest.mark.parametrize("command", ["sweep", "train"])
@@ -35,8 +80,42 @@ def test_dataset_missing_a_mapped_column(tmp_path):
     assert "['response_k']" in proc.stderr
 
 
+@pytest.mark.parametrize("content", ["", "[]"])
+def test_empty_dataset(content, tmp_path):
+    path = tmp_path / ("sft.jsonl" if not content else "sft.json")
+    path.write_text(content)
+    proc = rightsweep("sweep", "--config", "smoke", "--set", f"storage={tmp_path}", "--set", f"trial.data.sft.source={path}")
+    assert_refused(proc, f"trial.data.sft.source: {path} holds no rows")
+
+
 def test_storage_not_writable(tmp_path):
     blocked = tmp_path / "file"
     blocked.write_text("a file where a folder should be")
     proc = rightsweep("sweep", "--config", "smoke", "--set", f"storage={blocked / 'sub'}")
     assert_refused(proc, f"storage: {blocked / 'sub'} is not writable")
+
+
+def test_a_hub_model_that_is_not_here_needs_network_or_a_local_path(tmp_path):
+    proc = rightsweep("sweep", "--config", "smoke", "--set", f"storage={tmp_path}",
+                      "--set", "trial.model.name=EleutherAI/pythia-1b", "--set", "trial.model.revision=step143000")
+    assert_refused(proc, "trial.model.name: 'EleutherAI/pythia-1b' is neither a local path nor in the Hugging Face cache")
+    assert "needs network access to the hub, or a local path" in proc.stderr
+
+
+# What only reading the inputs shows: refused by the shared preparation, before any trial.
+INPUT_FAULTS = {
+    "every row longer than max_len": (["--set", "trial.data.max_len=4"], "trial.data.max_len: no sft train row of"),
+    "LoRA targets that match nothing": (["--set", "trial.model.lora={targets: [q_proj, v_proj]}"],
+                                        "trial.model.lora.targets: ['q_proj', 'v_proj'] match no module of 'embedded'; "
+                                        "its linear layers: ['dense', 'dense_4h_to_h', 'dense_h_to_4h'"),
+    "a batch larger than the data": (["--set", "trial.train.batch_size=100000"], "trial.train.batch_size: "),
+}
+
+
+@pytest.mark.parametrize("fault", INPUT_FAULTS)
+def test_input_faults_exit_2_before_any_trial(fault, cache_dir, tmp_path):
+    args, message = INPUT_FAULTS[fault]
+    proc = rightsweep("sweep", "--config", "smoke", "--set", f"storage={tmp_path}", "--set", f"trial.cache_dir={cache_dir}",
+                      *args, timeout=300)
+    assert_refused(proc, message, ray_started=True)
+    assert not (tmp_path / "smoke" / "tune").exists(), "no trial started"
