@@ -45,7 +45,10 @@ def ray_local():
     """A private Ray instance for this test session: its own temp dir, stopped by us."""
     import ray
 
+    from orchestrator.cluster import LOCAL_POLL_S
+
     temp_dir = tempfile.mkdtemp(prefix="rs-test-ray-")
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(LOCAL_POLL_S))  # as rightsweep's own local Ray
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, configure_logging=False)
     yield ray
     ray.shutdown()
