@@ -45,6 +45,10 @@ def parser() -> argparse.ArgumentParser:
     pa.add_argument("--experiment", help="sweep name (default: the config's name)")
     pa.add_argument("--out", help="folder for pareto.png/csv/json (default: <storage>/<name>/report)")
 
+    sy = sub.add_parser("sync", help="copy a sweep's trials from Tune's results on storage into MLflow (after an outage)")
+    _common(sy)
+    sy.add_argument("--experiment", help="sweep name (default: the config's name)")
+
     ui = sub.add_parser("ui", help="serve the MLflow UI on the sweep store (127.0.0.1)")
     _common(ui)
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
@@ -112,6 +116,32 @@ def cmd_pareto(args) -> int:
     return 0
 
 
+def cmd_sync(args) -> int:
+    cli = load_config(args.config, args.overrides)
+    name = args.experiment or cli.name
+    state_file = Path(cli.storage) / name / "sweep.json"
+    if not state_file.is_file():
+        print(f"rightsweep: no sweep {name!r} under {cli.storage} (set storage=... to the sweep's)", file=sys.stderr)
+        return 1
+    state = json.loads(state_file.read_text())
+    from orchestrator.config import ExperimentConfig
+    from orchestrator.mirror import backfill
+    from orchestrator.report import format_table
+    from orchestrator.store import rebuild
+    from orchestrator.tracking import Tracker, tracking_uri
+
+    # The sweep's own config (its trials' params), with this command's storage and MLflow.
+    cfg = ExperimentConfig.model_validate({**state["config"], "storage": cli.storage, "tracking": cli.tracking.model_dump()})
+    tracker = Tracker(tracking_uri(cfg.tracking.tracking_uri, cfg.storage), name, cfg.storage)
+    runs, points = backfill(cfg, tracker, state["parent_run_id"])
+    print(f"MLflow has the {runs} trial run(s) of sweep {name!r}; {points} missing point(s) copied from storage")
+    if state.get("finished"):
+        tracker.log_params(state["parent_run_id"], {"f_star_sft": state["f_star_sft"], "f_star_dpo": state["f_star_dpo"]})
+        summary = rebuild(tracker, Path(cfg.storage) / name / "report", finished=not state["failed"])
+        print(format_table(summary))
+    return 0
+
+
 def cmd_ui(args) -> int:
     import subprocess
 
@@ -129,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     args = parser().parse_args(argv)
     try:
-        return {"train": cmd_train, "sweep": cmd_sweep, "pareto": cmd_pareto, "ui": cmd_ui}[args.command](args)
+        return {"train": cmd_train, "sweep": cmd_sweep, "pareto": cmd_pareto, "sync": cmd_sync, "ui": cmd_ui}[args.command](args)
     except ConfigError as e:
         for line in str(e).splitlines():
             print(f"rightsweep: config error: {line}", file=sys.stderr)

@@ -8,14 +8,17 @@ from pathlib import Path
 from orchestrator.pareto import Anchors, Summary, summarize
 from orchestrator.report import write_artifacts
 from orchestrator.space import anchors_from_trajectories
-from orchestrator.sweep import dedupe_steps, publish, reference_point, trial_result
+from orchestrator.mirror import dedupe_steps
+from orchestrator.sweep import publish, reference_point, trial_result
 from orchestrator.tracking import STAGE_TAG, TRIAL_TAG, Tracker
 
 log = logging.getLogger("rightsweep.pareto")
 KEYS = ("eval/sft_loss", "eval/dpo_loss", "eval/pref_accuracy", "time/train_s", "time/eval_s", "system/peak_mem_mb")
 
 
-def rebuild(tracker: Tracker, out_dir: Path, publish_to_parent: bool = True) -> Summary:
+def rebuild(tracker: Tracker, out_dir: Path, publish_to_parent: bool = True, finished: bool | None = None) -> Summary:
+    """The front of the sweep's latest parent run from its finished child runs; published
+    on that run, which ends as ``finished`` says (default: as it stands)."""
     parent = tracker.latest_parent()
     if parent is None:
         raise LookupError("the experiment has no sweep run")
@@ -44,6 +47,6 @@ def rebuild(tracker: Tracker, out_dir: Path, publish_to_parent: bool = True) -> 
     summary = summarize(results, anchors, reference_point(all_traj))
     write_artifacts(summary, {tid: traj for tid, (_, traj) in main.items()}, out_dir)
     if publish_to_parent:
-        publish(tracker, parent.info.run_id, summary, out_dir, ok=parent.info.status == "FINISHED")
+        publish(tracker, parent.info.run_id, summary, out_dir, ok=parent.info.status == "FINISHED" if finished is None else finished)
     log.info("front rebuilt from %d finished trial(s) of sweep run %s", len(results), parent.info.run_id)
     return summary

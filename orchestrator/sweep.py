@@ -16,7 +16,8 @@ from pathlib import Path
 
 import yaml
 
-from orchestrator.config import ExperimentConfig
+from orchestrator.config import ConfigError, ExperimentConfig
+from orchestrator.mirror import MlflowSync, backfill, trial_params, tune_callback, tune_trajectory
 from orchestrator.pareto import Anchors, Summary, TrialResult, summarize
 from orchestrator.redact import redact, redact_text
 from orchestrator.report import format_table, write_artifacts
@@ -24,17 +25,6 @@ from orchestrator.space import anchor_points, anchors_from_trajectories, main_po
 
 log = logging.getLogger("rightsweep.sweep")
 DRIVER_MEMORY = 64 * 2**20  # bytes a trial's driver process reserves when workers do the training
-
-
-def trial_params(cfg: ExperimentConfig, point: dict) -> dict:
-    t = cfg.trial.train.model_copy(update=cfg.sweep.per_schedule.get(point["schedule"], {}))
-    m, d = cfg.trial.model, cfg.trial.data
-    return redact({
-        "schedule": point["schedule"], "lam": point["lam"], "seed": point["seed"], "stage": point["stage"],
-        "k": t.maxright_eval_every, "total_steps": t.total_steps, "lr": t.lr, "beta": t.beta,
-        "batch_size": t.batch_size, "model": m.name, "lora": m.lora.model_dump_json() if m.lora else "none",
-        "sft_data": d.sft.source, "pref_data": d.pref.source, "num_workers": cfg.resources.num_workers,
-    })
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -46,13 +36,6 @@ def flatten(d: dict, prefix: str = "") -> dict:
         else:
             out[key] = v
     return out
-
-
-def dedupe_steps(points: list[dict]) -> list[dict]:
-    """One point per step, the last reported: a resumed trial re-reports the steps after
-    its checkpoint."""
-    by_step = {int(p["step"]): p for p in points}
-    return [by_step[s] for s in sorted(by_step)]
 
 
 def trial_result(trial_id: str, point: dict, trajectory: list[dict]) -> TrialResult:
@@ -71,85 +54,6 @@ def reference_point(trajectories: list[list[dict]]) -> tuple[float, float]:
     point; the worst of them if they differ by float noise)."""
     starts = [t[0] for t in trajectories if t and int(t[0]["step"]) == 0]
     return (max(p["eval/sft_loss"] for p in starts), max(p["eval/dpo_loss"] for p in starts))
-
-
-class MlflowSync:
-    """Mirrors Tune's trial results into MLflow child runs as they arrive.
-
-    MLflow being down must not stop a sweep: a failed write is logged once and skipped
-    (Tune's results on storage keep everything).
-    Holds only plain values, so Tune can pickle it with the experiment state.
-    """
-
-    def __init__(self, uri: str, experiment: str, storage: str, parent_id: str, params: dict):
-        self.uri, self.experiment, self.storage, self.parent_id = uri, experiment, storage, parent_id
-        self.params = params  # label -> params of each point
-        self._tracker = None
-        self._runs: dict[str, str] = {}
-        self._warned = False
-
-    def __getstate__(self):
-        return {**self.__dict__, "_tracker": None, "_runs": {}}
-
-    def _call(self, fn):
-        try:
-            if self._tracker is None:
-                from orchestrator.tracking import Tracker
-
-                self._tracker = Tracker(self.uri, self.experiment, self.storage)
-            return fn(self._tracker)
-        except Exception as e:  # any MLflow/transport failure
-            if not self._warned:
-                log.warning("MLflow unavailable (%s); the sweep goes on, its results stay in Tune's state under %s",
-                            e, Path(self.storage) / self.experiment / "tune")
-                self._warned = True
-            self._tracker = None
-            return None
-
-    def _run(self, tracker, trial) -> str:
-        if trial.trial_id not in self._runs:
-            point = trial.config["point"]
-            label = trial_label(point)
-            self._runs[trial.trial_id] = tracker.trial_run(self.parent_id, trial.trial_id, label, self.params[label], point["stage"])
-        return self._runs[trial.trial_id]
-
-    def start(self, trial) -> None:
-        self._call(lambda t: self._run(t, trial))
-
-    def result(self, trial, result: dict) -> None:
-        if "step" in result:
-            self._call(lambda t: t.log_points(self._run(t, trial), [result]))
-
-    def complete(self, trial, ok: bool) -> None:
-        def done(t):
-            run_id = self._run(t, trial)
-            if ok and trial.last_result.get("time_total_s") is not None:
-                t.set_tags(run_id, {"rightsweep.trial_wall_s": f"{trial.last_result['time_total_s']:.2f}"})
-            t.finish(run_id, ok)
-
-        self._call(done)
-
-
-def _tune_callback(sync: MlflowSync):
-    from ray.tune import Callback
-
-    class _Cb(Callback):
-        def __init__(self):
-            self.sync = sync
-
-        def on_trial_start(self, iteration, trials, trial, **info):
-            self.sync.start(trial)
-
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            self.sync.result(trial, result)
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            self.sync.complete(trial, ok=True)
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            self.sync.complete(trial, ok=False)
-
-    return _Cb()
 
 
 def max_concurrent(cfg: ExperimentConfig, n_trials: int) -> int:
@@ -197,7 +101,7 @@ def run_stage(cfg: ExperimentConfig, stage: str, points: list[dict], anchors: An
             run_config=tune.RunConfig(
                 name=stage,
                 storage_path=str(sweep_dir / "tune"),
-                callbacks=[_tune_callback(sync)] if sync else [],
+                callbacks=[tune_callback(sync)] if sync else [],
                 verbose=1,
             ),
         )
@@ -209,10 +113,7 @@ def run_stage(cfg: ExperimentConfig, stage: str, points: list[dict], anchors: An
             failed.append(trial_id or str(r.path))
             log.warning("trial %s failed: %s", trial_id or r.path, r.error)
             continue
-        rows = [{k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
-                for row in r.metrics_dataframe.to_dict("records")]
-        trajectory = dedupe_steps([row for row in rows if "eval/sft_loss" in row])
-        finished[trial_id] = (r.config["point"], trajectory)
+        finished[trial_id] = (r.config["point"], tune_trajectory(r.metrics_dataframe))
     return finished, failed
 
 
@@ -231,9 +132,14 @@ def run_sweep(cfg: ExperimentConfig, resume: bool = False) -> Summary:
     sweep_dir.mkdir(parents=True, exist_ok=True)
 
     uri = tracking_uri(cfg.tracking.tracking_uri, cfg.storage)
-    tracker = Tracker(uri, cfg.name, cfg.storage)
-    parent_id = tracker.start_parent(cfg.name, redact(flatten(cfg.model_dump())), state.get("parent_run_id"))
-    state.update(parent_run_id=parent_id, tracking_uri=redact_text(uri))
+    try:
+        tracker = Tracker(uri, cfg.name, cfg.storage)
+        parent_id = tracker.start_parent(cfg.name, redact(flatten(cfg.model_dump())), state.get("parent_run_id"))
+    except Exception as e:  # before any training: a wrong or stopped tracking server is a config problem
+        raise ConfigError(f"tracking.tracking_uri: MLflow at {redact_text(uri)} cannot be used ({type(e).__name__}: "
+                          f"{redact_text(str(e))[:200]}); start it, or leave tracking_uri unset for a store under storage") from None
+    # What `rightsweep sync` needs to mirror this sweep later: its run and its config.
+    state.update(parent_run_id=parent_id, tracking_uri=redact_text(uri), config=redact(cfg.model_dump()))
     state_file.write_text(json.dumps(state, indent=1))
     log.info("MLflow: experiment %r, parent run %s, store %s", cfg.name, parent_id, redact_text(uri))
 
@@ -253,7 +159,8 @@ def run_sweep(cfg: ExperimentConfig, resume: bool = False) -> Summary:
         anchors = anchors_from_trajectories(by_objective["sft"], by_objective["dpo"])
         trajectories.update({tid: traj for tid, (_, traj) in done.items()})
     log.info("anchors: f*_SFT=%.4f f*_DPO=%.4f", anchors.f_star_sft, anchors.f_star_dpo)
-    tracker.log_params(parent_id, {"f_star_sft": anchors.f_star_sft, "f_star_dpo": anchors.f_star_dpo})
+    state.update(asdict(anchors))
+    state_file.write_text(json.dumps(state, indent=1))
 
     points = main_points(cfg.sweep.schedules, cfg.sweep.lams, cfg.sweep.seeds)
     sync = MlflowSync(uri, cfg.name, cfg.storage, parent_id, {trial_label(p): trial_params(cfg, p) for p in points})
@@ -265,22 +172,32 @@ def run_sweep(cfg: ExperimentConfig, resume: bool = False) -> Summary:
     results = [trial_result(tid, point, traj) for tid, (point, traj) in done.items()]
     summary = summarize(results, anchors, reference_point(list(trajectories.values())))
 
+    state.update(finished=True, failed=failed)
+    state_file.write_text(json.dumps(state, indent=1))
     print(format_table(summary), flush=True)
     paths = write_artifacts(summary, main_traj, sweep_dir / "report")
     (sweep_dir / "report" / "config.yaml").write_text(yaml.safe_dump(redact(cfg.model_dump()), sort_keys=False))
-    publish(tracker, parent_id, summary, sweep_dir / "report", ok=not failed)
-    print(f"Pareto plot: {paths['png']}\ntable: {paths['csv']}\nMLflow: {redact_text(uri)} (experiment {cfg.name!r}; `rightsweep ui` to browse)")
+    try:  # whatever the live mirror missed (MLflow down for a while), then the sweep's own run
+        backfill(cfg, tracker, parent_id)
+        publish(tracker, parent_id, summary, sweep_dir / "report", ok=not failed)
+        where = f"MLflow: {redact_text(uri)} (experiment {cfg.name!r}; `rightsweep ui` to browse)"
+    except Exception as e:  # the sweep is done and on storage; only the mirror is behind
+        log.warning("MLflow unavailable at the end of the sweep (%s)", type(e).__name__)
+        where = (f"MLflow at {redact_text(uri)} is behind: once it is back, run `rightsweep sync --experiment {cfg.name}` "
+                 f"(with --set storage={cfg.storage} if that is not your default)")
+    print(f"Pareto plot: {paths['png']}\ntable: {paths['csv']}\n{where}")
     if failed:
         print(f"{len(failed)} trial(s) failed: {', '.join(map(str, failed))}")
     return summary
 
 
 def publish(tracker, parent_id: str, summary: Summary, report_dir: Path, ok: bool = True) -> None:
-    """The sweep's artifacts and hypervolumes on the parent run."""
+    """The sweep's artifacts, f* and hypervolumes on the parent run, and its end."""
     for f in sorted(report_dir.iterdir()):
         tracker.client.log_artifact(parent_id, str(f))
     from mlflow.entities import Metric
 
+    tracker.log_params(parent_id, {"f_star_sft": summary.anchors.f_star_sft, "f_star_dpo": summary.anchors.f_star_dpo})
     now = int(time.time() * 1000)
     tracker.client.log_batch(parent_id, metrics=[Metric(f"hypervolume/{k}", v, now, 0) for k, v in summary.hypervolume.items()])
     tracker.finish(parent_id, ok)

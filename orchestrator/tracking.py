@@ -41,6 +41,11 @@ def trajectory_metrics(points: list[dict]) -> list[Metric]:
 
 class Tracker:
     def __init__(self, uri: str, experiment: str, storage: str):
+        # MLflow retries a failed request 7 times with exponential backoff (minutes per call):
+        # a stopped server must cost a sweep seconds. The user's own settings win.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
         self.uri = uri
         self.client = MlflowClient(uri)
         found = self.client.get_experiment_by_name(experiment)
@@ -53,7 +58,7 @@ class Tracker:
             )
         else:
             self.experiment_id = found.experiment_id
-        self._last_step: dict[str, int] = {}
+        self._steps: dict[str, set[int]] = {}
 
     def start_parent(self, name: str, params: dict, run_id: str | None = None) -> str:
         """A new parent run, or the given one (a resumed sweep), reopened."""
@@ -81,16 +86,16 @@ class Tracker:
         return run.info.run_id
 
     def log_points(self, run_id: str, points: list[dict]) -> int:
-        """Log trajectory points newer than what the run already has; returns how many."""
-        if run_id not in self._last_step:
-            history = self.client.get_metric_history(run_id, "eval/sft_loss")
-            self._last_step[run_id] = max((m.step for m in history), default=-1)
-        new = [p for p in points if int(p["step"]) > self._last_step[run_id]]
+        """Log the trajectory points whose step the run lacks (a gap left by an outage
+        too, not only what is newer); returns how many."""
+        if run_id not in self._steps:
+            self._steps[run_id] = {m.step for m in self.client.get_metric_history(run_id, "eval/sft_loss")}
+        have = self._steps[run_id]
+        new = [p for p in points if int(p["step"]) not in have]
         metrics = trajectory_metrics(new)
         for i in range(0, len(metrics), BATCH):
             self.client.log_batch(run_id, metrics=metrics[i : i + BATCH])
-        if new:
-            self._last_step[run_id] = max(int(p["step"]) for p in new)
+        have.update(int(p["step"]) for p in new)
         return len(new)
 
     def finish(self, run_id: str, ok: bool = True) -> None:

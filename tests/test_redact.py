@@ -1,5 +1,6 @@
 from orchestrator.redact import MASK, redact, redact_text
-from orchestrator.sweep import flatten, trial_params
+from orchestrator.mirror import trial_params
+from orchestrator.sweep import flatten
 
 
 def test_uri_passwords_are_removed():

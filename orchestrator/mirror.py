@@ -1,0 +1,155 @@
+"""Tune's trial results -> MLflow child runs: live while a sweep runs (``MlflowSync``, a
+Tune callback), and afterwards from the results on storage (``backfill``: the end of a
+sweep and ``rightsweep sync``).
+
+Tune's results under ``<storage>/<name>/tune/<stage>`` are the record and MLflow mirrors
+them. Every write is idempotent (``tracking.Tracker``), so mirroring again adds what is
+missing and duplicates nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+from orchestrator.config import ExperimentConfig
+from orchestrator.redact import redact
+from orchestrator.space import trial_label
+
+log = logging.getLogger("rightsweep.mirror")
+RETRY_AFTER_S = 30.0  # while MLflow is down, try it again at most this often
+
+
+def trial_params(cfg: ExperimentConfig, point: dict) -> dict:
+    t = cfg.trial.train.model_copy(update=cfg.sweep.per_schedule.get(point["schedule"], {}))
+    m, d = cfg.trial.model, cfg.trial.data
+    return redact({
+        "schedule": point["schedule"], "lam": point["lam"], "seed": point["seed"], "stage": point["stage"],
+        "k": t.maxright_eval_every, "total_steps": t.total_steps, "lr": t.lr, "beta": t.beta,
+        "batch_size": t.batch_size, "model": m.name, "lora": m.lora.model_dump_json() if m.lora else "none",
+        "sft_data": d.sft.source, "pref_data": d.pref.source, "num_workers": cfg.resources.num_workers,
+    })
+
+
+def dedupe_steps(points: list[dict]) -> list[dict]:
+    """One point per step, the last reported: a resumed trial re-reports the steps after
+    its checkpoint."""
+    by_step = {int(p["step"]): p for p in points}
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def tune_trajectory(df) -> list[dict]:
+    """A trial's evaluation points from Tune's results table (a resumed trial's repeats
+    dropped, NaN cells of other report kinds removed)."""
+    if df is None:
+        return []
+    rows = [{k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))} for row in df.to_dict("records")]
+    return dedupe_steps([row for row in rows if "eval/sft_loss" in row])
+
+
+class MlflowSync:
+    """Mirrors Tune's trial results into MLflow child runs as they arrive.
+
+    MLflow being down must not stop a sweep: a failed write is logged once per outage and
+    MLflow is left alone for ``RETRY_AFTER_S`` (each try costs its HTTP retries); what was
+    skipped is in Tune's results on storage, and ``backfill`` copies it later.
+    Holds only plain values, so Tune can pickle it with the experiment state.
+    """
+
+    def __init__(self, uri: str, experiment: str, storage: str, parent_id: str, params: dict):
+        self.uri, self.experiment, self.storage, self.parent_id = uri, experiment, storage, parent_id
+        self.params = params  # label -> params of each point
+        self._tracker = None
+        self._runs: dict[str, str] = {}
+        self._down_since: float | None = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_tracker": None, "_runs": {}}
+
+    def _call(self, fn):
+        if self._down_since is not None and time.monotonic() - self._down_since < RETRY_AFTER_S:
+            return None
+        try:
+            if self._tracker is None:
+                from orchestrator.tracking import Tracker
+
+                self._tracker = Tracker(self.uri, self.experiment, self.storage)
+            out = fn(self._tracker)
+        except Exception as e:  # any MLflow/transport failure
+            if self._down_since is None:
+                log.warning("MLflow unavailable (%s); the sweep goes on, its results stay in Tune's state under %s",
+                            type(e).__name__, Path(self.storage) / self.experiment / "tune")
+            self._down_since = time.monotonic()
+            self._tracker = None
+            return None
+        if self._down_since is not None:
+            log.info("MLflow is back; what it missed is copied at the end of the sweep")
+            self._down_since = None
+        return out
+
+    def _run(self, tracker, trial) -> str:
+        if trial.trial_id not in self._runs:
+            point = trial.config["point"]
+            label = trial_label(point)
+            self._runs[trial.trial_id] = tracker.trial_run(self.parent_id, trial.trial_id, label, self.params[label], point["stage"])
+        return self._runs[trial.trial_id]
+
+    def start(self, trial) -> None:
+        self._call(lambda t: self._run(t, trial))
+
+    def result(self, trial, result: dict) -> None:
+        if "step" in result:
+            self._call(lambda t: t.log_points(self._run(t, trial), [result]))
+
+    def complete(self, trial, ok: bool) -> None:
+        def done(t):
+            run_id = self._run(t, trial)
+            if ok and trial.last_result.get("time_total_s") is not None:
+                t.set_tags(run_id, {"rightsweep.trial_wall_s": f"{trial.last_result['time_total_s']:.2f}"})
+            t.finish(run_id, ok)
+
+        self._call(done)
+
+
+def tune_callback(sync: MlflowSync):
+    from ray.tune import Callback
+
+    class _Cb(Callback):
+        def __init__(self):
+            self.sync = sync
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self.sync.start(trial)
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            self.sync.result(trial, result)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.sync.complete(trial, ok=True)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self.sync.complete(trial, ok=False)
+
+    return _Cb()
+
+
+def backfill(cfg: ExperimentConfig, tracker, parent_id: str) -> tuple[int, int]:
+    """Copy every trial Tune recorded for the sweep ``cfg.name`` into MLflow: its child run
+    (found, or created), the points it lacks, its end status. Returns (runs, new points).
+    Reads only storage (no Ray)."""
+    from ray.tune import ExperimentAnalysis
+
+    runs = points = 0
+    for stage_dir in sorted(p for p in (Path(cfg.storage) / cfg.name / "tune").glob("*") if p.is_dir()):
+        analysis = ExperimentAnalysis(str(stage_dir))
+        frames = analysis.trial_dataframes
+        for trial in analysis.trials:
+            point = trial.config["point"]
+            run_id = tracker.trial_run(parent_id, trial.trial_id, trial_label(point), trial_params(cfg, point), point["stage"])
+            points += tracker.log_points(run_id, tune_trajectory(frames.get(trial.trial_id)))
+            if trial.status in ("TERMINATED", "ERROR"):
+                tracker.finish(run_id, ok=trial.status == "TERMINATED")
+            runs += 1
+    return runs, points

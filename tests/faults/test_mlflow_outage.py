@@ -1,0 +1,109 @@
+"""A real ``mlflow server`` stopped mid-sweep: the sweep finishes, its trials stay in
+Tune's results on storage, and ``rightsweep sync`` backfills MLflow once the server is
+back, without duplicating what it already had."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.raycluster import free_ports
+
+STEPS = [0, 20, 40, 60]
+
+
+class MlflowServer:
+    def __init__(self, root, port):
+        self.root, self.port, self.proc = root, port, None
+        self.uri = f"http://127.0.0.1:{port}"
+
+    def start(self):
+        cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db",
+               "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1", "--port", str(self.port)]
+        self.proc = subprocess.Popen(cmd, cwd=self.root, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.5)
+        raise RuntimeError("mlflow server did not come up")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)  # its own process group: the server and its workers
+            self.proc.wait(timeout=60)
+
+
+@pytest.fixture
+def server(tmp_path):
+    s = MlflowServer(tmp_path, free_ports(1)[0])
+    s.start()
+    yield s
+    s.stop()
+
+
+def trial_runs(client):
+    exp = client.get_experiment_by_name("smoke")
+    return client.search_runs([exp.experiment_id], filter_string="tags.`rightsweep.role` = 'trial'", max_results=100)
+
+
+def rightsweep(*args, **kw):
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    return subprocess.Popen([sys.executable, "-m", "orchestrator", *args], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+
+
+def test_the_sweep_outlives_the_mlflow_server_and_sync_backfills_it(server, cache_dir, tmp_path):
+    config = ["--config", "smoke", "--set", f"storage={tmp_path / 'storage'}", "--set", f"tracking.tracking_uri={server.uri}"]
+    sweep = rightsweep(
+        "sweep", *config, "--set", f"trial.cache_dir={cache_dir}", "--set", "sweep.schedules=[alright, mix]",
+        "--set", "sweep.lams=[0.25, 0.75]", "--set", "sweep.max_concurrent_trials=1", "--set", "trial.train.total_steps=60",
+        "--set", "trial.train.f_star_sft=1.0", "--set", "trial.train.f_star_dpo=0.5",
+    )
+    client = MlflowClient(server.uri)
+    deadline = time.time() + 300
+    while time.time() < deadline and sweep.poll() is None:
+        exp = client.get_experiment_by_name("smoke")
+        if exp and any(r.info.status == "FINISHED" for r in trial_runs(client)):
+            break
+        time.sleep(0.3)
+    server.stop()  # one trial is in MLflow; the rest of the sweep runs without it
+    out, err = sweep.communicate(timeout=600)
+    assert sweep.returncode == 0, err[-4000:]
+    assert "MLflow unavailable" in err
+    assert "run `rightsweep sync --experiment smoke`" in out
+    assert len((tmp_path / "storage" / "smoke" / "report" / "pareto.csv").read_text().splitlines()) == 1 + 4
+
+    server.start()  # same store, same port
+    before = trial_runs(client)
+    complete = [r for r in before if r.info.status == "FINISHED"
+                and [m.step for m in client.get_metric_history(r.info.run_id, "eval/sft_loss")] == STEPS]
+    assert 1 <= len(complete) < 4, "the outage left MLflow behind"
+
+    sync = rightsweep("sync", *config, "--experiment", "smoke")
+    out, err = sync.communicate(timeout=300)
+    assert sync.returncode == 0, err[-4000:]
+    assert "MLflow has the 4 trial run(s) of sweep 'smoke'" in out
+    runs = trial_runs(client)
+    assert len(runs) == 4 and len({r.data.tags["rightsweep.trial_id"] for r in runs}) == 4
+    assert {r.info.run_id for r in complete} <= {r.info.run_id for r in runs}, "runs already there were reused"
+    for r in runs:
+        assert r.info.status == "FINISHED"
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "eval/sft_loss")] == STEPS
+    parent = client.get_run(runs[0].data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "FINISHED" and "hypervolume/all" in parent.data.metrics
+
+    again = rightsweep("sync", *config, "--experiment", "smoke")
+    out, _ = again.communicate(timeout=300)
+    assert again.returncode == 0 and "0 missing point(s) copied" in out
+    assert len(trial_runs(client)) == 4
+    for r in runs:
+        assert len(client.get_metric_history(r.info.run_id, "eval/sft_loss")) == len(STEPS)
