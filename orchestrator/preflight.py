@@ -3,6 +3,7 @@ bad path or an unwritable storage fails in a second with the field's name."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -81,7 +82,8 @@ def check_storage(storage: str) -> None:
             f.flush()
             os.fsync(f.fileno())
     except OSError as e:
-        raise ConfigError(f"storage: {root} is not writable ({e.strerror or e})") from None
+        what = "is full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "is not writable"
+        raise ConfigError(f"storage: {root} {what} ({e.strerror or e}); choose another folder with --set storage=PATH") from None
 
 
 def preflight(cfg: ExperimentConfig) -> None:

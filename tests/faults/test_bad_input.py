@@ -119,3 +119,13 @@ def test_input_faults_exit_2_before_any_trial(fault, cache_dir, tmp_path):
                       *args, timeout=300)
     assert_refused(proc, message, ray_started=True)
     assert not (tmp_path / "smoke" / "tune").exists(), "no trial started"
+
+
+def test_storage_full(tmp_path):
+    """Storage on a 16 KiB tmpfs (a private mount namespace: nothing outside sees it)."""
+    full = tmp_path / "full"
+    full.mkdir()
+    script = f'mount -t tmpfs -o size=16k tmpfs "{full}" && exec "$0" "$@"'
+    proc = subprocess.run(["unshare", "--mount", "--map-root-user", "sh", "-c", script, sys.executable, "-m", "orchestrator",
+                           "sweep", "--config", "smoke", "--set", f"storage={full}"], capture_output=True, text=True, timeout=60)
+    assert_refused(proc, f"storage: {full} is full (No space left on device)")
