@@ -118,7 +118,7 @@ def run_stage(cfg: ExperimentConfig, stage: str, points: list[dict], anchors: An
 
 
 def run_sweep(cfg: ExperimentConfig, resume: bool = False) -> Summary:
-    from orchestrator.cluster import connect
+    from orchestrator.cluster import check_fits, connect
     from orchestrator.tracking import Tracker, tracking_uri
     from orchestrator.trial import prepare_shared
 
@@ -144,6 +144,7 @@ def run_sweep(cfg: ExperimentConfig, resume: bool = False) -> Summary:
     log.info("MLflow: experiment %r, parent run %s, store %s", cfg.name, parent_id, redact_text(uri))
 
     connect()
+    check_fits(cfg.resources)
     prepare_shared(cfg.trial, cfg.resources)
 
     trajectories: dict[str, list[dict]] = {}

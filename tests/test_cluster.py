@@ -141,6 +141,17 @@ def test_interrupted_sweep_builds_front_from_finished_trials(head, tmp_path):
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
 
 
+def test_a_trial_too_large_for_a_fixed_cluster_is_refused_not_left_pending(head, tmp_path):
+    """No autoscaler on this cluster: 64 workers a trial can never be placed, so the driver
+    says so (exit 2) instead of leaving the trials in PENDING."""
+    started = time.time()
+    proc = head.run([PY, "-m", "orchestrator", "sweep", "--config", "smoke", "--set", f"storage={tmp_path}",
+                     "--set", "resources.num_workers=64"], timeout=300, env={"RAY_ADDRESS": head.address})
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "rightsweep: config error: resources.num_workers: 64 workers of {'CPU': 1.0} each do not fit; this cluster has room for 2" in proc.stderr
+    assert time.time() - started < 120 and not (tmp_path / "smoke" / "tune").exists()
+
+
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 

@@ -109,6 +109,12 @@ INPUT_FAULTS = {
                                         "trial.model.lora.targets: ['q_proj', 'v_proj'] match no module of 'embedded'; "
                                         "its linear layers: ['dense', 'dense_4h_to_h', 'dense_h_to_4h'"),
     "a batch larger than the data": (["--set", "trial.train.batch_size=100000"], "trial.train.batch_size: "),
+    "more workers than CPUs": (["--set", "resources.num_workers=64"],
+                               "resources.num_workers: 64 workers of {'CPU': 1.0} each do not fit; this cluster has room for "),
+    "a GPU on a machine without one": (["--set", "resources.use_gpu=true"],
+                                       "resources.use_gpu: a training process needs 1 GPU and no node has that many (the largest has 0)"),
+    "a worker larger than any node": (["--set", "resources.cpus_per_worker=64"],
+                                      "resources.cpus_per_worker: a training process needs 64 CPU and no node has that many"),
 }
 
 

@@ -51,6 +51,41 @@ def test_mlflow_ui_binds_loopback_by_default(tmp_path):
         proc.wait(timeout=30)
 
 
+PRIVATE_RAY = """
+import json, os, sys, psutil, ray
+from orchestrator.cluster import connect
+connect()
+me = psutil.Process()
+listen = {c.laddr.ip for p in [me, *me.children(recursive=True)] for c in p.net_connections("tcp") if c.status == "LISTEN"}
+print(json.dumps({"gcs": ray.get_runtime_context().gcs_address, "listen": sorted(listen), "token": os.environ["RAY_AUTH_TOKEN"]}), flush=True)
+sys.stdin.read()  # up until the test is done with it
+"""
+CLIENT = "import ray; ray.init(address={gcs!r}); print('connected', flush=True)"
+
+
+def test_the_private_local_ray_listens_on_loopback_and_wants_its_token(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH", "RAY_ENABLE"))}
+    ray_proc = subprocess.Popen([sys.executable, "-c", PRIVATE_RAY], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True, env=env, start_new_session=True)
+    try:
+        private = json.loads(ray_proc.stdout.readline())
+        assert private["listen"] and set(private["listen"]) <= {"127.0.0.1", "::ffff:127.0.0.1"}
+        # Two clients on this machine (Ray's loopback mode on their side too): one with a
+        # wrong token (and a home with none), one with the right one.
+        client_env = {**env, "HOME": str(tmp_path), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token"}
+        script = CLIENT.format(gcs=private["gcs"])
+        stranger = subprocess.Popen([sys.executable, "-c", script], env={**client_env, "RAY_AUTH_TOKEN": "0" * 64}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        friend = subprocess.Popen([sys.executable, "-c", script], env={**client_env, "RAY_AUTH_TOKEN": private["token"]},
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        fout, ferr = friend.communicate(timeout=120)
+        assert "connected" in fout, ferr[-3000:]
+        out, err = stranger.communicate(timeout=120)
+        assert stranger.returncode != 0 and "connected" not in out and "Authentication token is missing or incorrect" in err
+    finally:
+        os.killpg(ray_proc.pid, signal.SIGTERM)  # the driver and the Ray it started, nothing else
+        ray_proc.wait(timeout=60)
+
+
 def test_model_code_shipped_with_a_checkpoint_is_not_run_unless_asked(embedded_root, cache_dir, tmp_path):
     from workers.model import load_policy
 
