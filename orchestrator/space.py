@@ -42,9 +42,18 @@ def trial_label(point: dict) -> str:
     return f"{point['schedule']}-lam{point['lam']:g}-seed{point['seed']}"
 
 
+def f_star(objective: str, trajectory: list[dict]) -> float:
+    """f* of one objective = the best held-out loss its single-objective trial reached at
+    any evaluation."""
+    return min(p[f"eval/{objective}_loss"] for p in trajectory)
+
+
 def anchors_from_trajectories(sft_only: list[dict], dpo_only: list[dict]) -> Anchors:
-    """f* = the best held-out loss each single-objective trial reached at any evaluation."""
-    return Anchors(
-        f_star_sft=min(p["eval/sft_loss"] for p in sft_only),
-        f_star_dpo=min(p["eval/dpo_loss"] for p in dpo_only),
-    )
+    return Anchors(f_star_sft=f_star("sft", sft_only), f_star_dpo=f_star("dpo", dpo_only))
+
+
+def sweep_points(schedules: list[str], lams: list[float], seeds: list[int], with_anchors: bool) -> list[dict]:
+    """Every trial of a sweep in the order Tune starts them: the anchors first, MAXRIGHT
+    last (its trials wait for the anchors' f*; the others need none)."""
+    main = sorted(main_points(schedules, lams, seeds), key=lambda p: p["schedule"] == "maxright")
+    return (anchor_points(seeds[0]) if with_anchors else []) + main

@@ -1,7 +1,7 @@
-"""The sweep driver: shared preparation, the anchor stage, the main grid, the report.
+"""The sweep driver: shared preparation, the grid (anchors and main trials), the report.
 
-Runs where ``rightsweep sweep`` (or ``ray job submit … sweep``) starts it. Each stage is a
-Tune experiment under ``<storage>/<name>/tune/<stage>``, so ``--resume`` restores it and
+Runs where ``rightsweep sweep`` (or ``ray job submit … sweep``) starts it. The grid is one
+Tune experiment under ``<storage>/<name>/tune/grid``, so ``--resume`` restores it and
 reruns only what did not finish.
 """
 
@@ -21,7 +21,7 @@ from orchestrator.mirror import MlflowSync, backfill, trial_params, tune_callbac
 from orchestrator.pareto import Anchors, Summary, TrialResult, summarize
 from orchestrator.redact import redact, redact_text
 from orchestrator.report import format_table, write_artifacts
-from orchestrator.space import anchor_points, anchors_from_trajectories, main_points, trial_label
+from orchestrator.space import anchors_from_trajectories, sweep_points, trial_label
 
 log = logging.getLogger("rightsweep.sweep")
 DRIVER_MEMORY = 64 * 2**20  # bytes a trial's driver process reserves when workers do the training
@@ -69,7 +69,7 @@ def max_concurrent(cfg: ExperimentConfig, n_trials: int) -> int:
     return max(1, min(fits, n_trials))
 
 
-def run_stage(cfg: ExperimentConfig, stage: str, points: list[dict], anchors: Anchors | None, sync: MlflowSync | None, resume: bool):
+def run_grid(cfg: ExperimentConfig, points: list[dict], anchors: Anchors | None, sync: MlflowSync | None, resume: bool):
     """One Tune experiment over ``points``; returns {trial_id: (point, trajectory)} of the
     trials that finished, and the ids of those that failed."""
     from ray import tune
@@ -77,14 +77,14 @@ def run_stage(cfg: ExperimentConfig, stage: str, points: list[dict], anchors: An
     from orchestrator.trial import tune_trial
 
     sweep_dir = Path(cfg.storage) / cfg.name
-    path = sweep_dir / "tune" / stage
+    path = sweep_dir / "tune" / "grid"
     trainable = tune.with_parameters(tune_trial, experiment=cfg.model_dump(), anchors=asdict(anchors) if anchors else None)
     # With workers, the trial process only drives a TorchTrainer and reserves no CPU (a
     # token of memory, as Ray refuses an empty bundle); in local mode it trains.
     trial_needs = cfg.resources.per_process() if cfg.resources.num_workers == 0 else {"memory": DRIVER_MEMORY}
     trainable = tune.with_resources(trainable, trial_needs)
     if resume and tune.Tuner.can_restore(str(path)):
-        log.info("resuming stage %r from %s", stage, path)
+        log.info("resuming the sweep from %s", path)
         tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
     else:
         tuner = tune.Tuner(
@@ -99,7 +99,7 @@ def run_stage(cfg: ExperimentConfig, stage: str, points: list[dict], anchors: An
                 trial_dirname_creator=lambda t: f"{trial_label(t.config['point'])}-{t.trial_id}",
             ),
             run_config=tune.RunConfig(
-                name=stage,
+                name="grid",
                 storage_path=str(sweep_dir / "tune"),
                 callbacks=[tune_callback(sync)] if sync else [],
                 verbose=1,
@@ -147,31 +147,24 @@ def run_sweep(cfg: ExperimentConfig, resume: bool = False) -> Summary:
     check_fits(cfg.resources)
     prepare_shared(cfg.trial, cfg.resources)
 
-    trajectories: dict[str, list[dict]] = {}
-    if cfg.anchors_given:
-        anchors = Anchors(cfg.trial.train.f_star_sft, cfg.trial.train.f_star_dpo)
-    else:
-        points = anchor_points(cfg.sweep.seeds[0])
-        sync = MlflowSync(uri, cfg.name, cfg.storage, parent_id, {trial_label(p): trial_params(cfg, p) for p in points})
-        done, failed = run_stage(cfg, "anchors", points, None, sync, resume)
-        by_objective = {point["objective"]: traj for point, traj in done.values()}
-        if set(by_objective) != {"sft", "dpo"}:
-            raise RuntimeError(f"anchor trials failed ({failed}); f* cannot be estimated")
-        anchors = anchors_from_trajectories(by_objective["sft"], by_objective["dpo"])
-        trajectories.update({tid: traj for tid, (_, traj) in done.items()})
+    # One Tune experiment for the whole grid, so trial processes (and their imports) are
+    # reused from the anchors to the last trial.
+    points = sweep_points(cfg.sweep.schedules, cfg.sweep.lams, cfg.sweep.seeds, with_anchors=not cfg.anchors_given)
+    given = Anchors(cfg.trial.train.f_star_sft, cfg.trial.train.f_star_dpo) if cfg.anchors_given else None
+    sync = MlflowSync(uri, cfg.name, cfg.storage, parent_id, {trial_label(p): trial_params(cfg, p) for p in points})
+    done, failed = run_grid(cfg, points, given, sync, resume)
+    by_objective = {point["objective"]: traj for point, traj in done.values() if point["stage"] == "anchor"}
+    if given is None and set(by_objective) != {"sft", "dpo"}:
+        raise RuntimeError(f"anchor trials failed ({failed}); f* cannot be estimated")
+    anchors = given or anchors_from_trajectories(by_objective["sft"], by_objective["dpo"])
     log.info("anchors: f*_SFT=%.4f f*_DPO=%.4f", anchors.f_star_sft, anchors.f_star_dpo)
     state.update(asdict(anchors))
-    state_file.write_text(json.dumps(state, indent=1))
-
-    points = main_points(cfg.sweep.schedules, cfg.sweep.lams, cfg.sweep.seeds)
-    sync = MlflowSync(uri, cfg.name, cfg.storage, parent_id, {trial_label(p): trial_params(cfg, p) for p in points})
-    done, failed = run_stage(cfg, "main", points, anchors, sync, resume)
-    if not done:
+    main = {tid: (point, traj) for tid, (point, traj) in done.items() if point["stage"] == "main"}
+    if not main:
         raise RuntimeError(f"every trial of the sweep failed: {failed}")
-    main_traj = {tid: traj for tid, (_, traj) in done.items()}
-    trajectories.update(main_traj)
-    results = [trial_result(tid, point, traj) for tid, (point, traj) in done.items()]
-    summary = summarize(results, anchors, reference_point(list(trajectories.values())))
+    main_traj = {tid: traj for tid, (_, traj) in main.items()}
+    results = [trial_result(tid, point, traj) for tid, (point, traj) in main.items()]
+    summary = summarize(results, anchors, reference_point([traj for _, traj in done.values()]))
 
     state.update(finished=True, failed=failed)
     state_file.write_text(json.dumps(state, indent=1))

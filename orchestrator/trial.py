@@ -3,13 +3,14 @@ in a sweep, a Tune function builds and fits it."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
 
 from orchestrator.config import ExperimentConfig, Resources
 from orchestrator.pareto import Anchors
-from orchestrator.space import apply_point
+from orchestrator.space import apply_point, f_star, trial_label
 from workers.config import ConfigError, TrialConfig
 
 log = logging.getLogger("rightsweep")
@@ -82,19 +83,62 @@ def tune_trial(config: dict, experiment: dict, anchors: dict | None) -> None:
 
     With ``num_workers=0`` the loop runs right here (Ray Train local mode) and reports
     through ``ray.tune``; with workers, ``TuneReportCallback`` forwards rank 0's reports.
+    ``anchors`` is f* when the config gives it; otherwise an anchor trial publishes its f*
+    on storage when it ends, and a MAXRIGHT trial waits for both.
     """
     import ray.tune
 
     cfg = ExperimentConfig.model_validate(experiment)
+    point = config["point"]
     trial_id = ray.tune.get_context().get_trial_id()
     sweep_dir = Path(cfg.storage) / cfg.name
-    trial = apply_point(cfg.trial, config["point"], Anchors(**anchors) if anchors else None, cfg.sweep.per_schedule)
+    if point["stage"] == "anchor":
+        anchor_file(sweep_dir, point["objective"]).unlink(missing_ok=True)  # a rerun's, not an old failure
+    if anchors is None and point["schedule"] == "maxright":
+        anchors = wait_for_anchors(sweep_dir)
+    trial = apply_point(cfg.trial, point, Anchors(**anchors) if anchors else None, cfg.sweep.per_schedule)
     trial = trial.model_copy(update={"output_dir": str(sweep_dir / "trials" / trial_id)})
     callbacks = []
     if cfg.resources.num_workers:
         from ray.tune.integration.ray_train import TuneReportCallback
 
         callbacks.append(TuneReportCallback())
-    result = build_trainer(trial, cfg.resources, trial_id, str(sweep_dir), callbacks).fit()
-    if result.error:
-        raise result.error
+    try:
+        result = build_trainer(trial, cfg.resources, trial_id, str(sweep_dir), callbacks).fit()
+        if result.error:
+            raise result.error
+    except BaseException as e:
+        if point["stage"] == "anchor":
+            publish_anchor(sweep_dir, point["objective"], {"error": f"{trial_label(point)} failed: {e}"[:2000]})
+        raise
+    if point["stage"] == "anchor":
+        points = json.loads((Path(trial.output_dir) / "trajectory.json").read_text())["points"]
+        publish_anchor(sweep_dir, point["objective"], {"f_star": f_star(point["objective"], points)})
+
+
+def anchor_file(sweep_dir: Path, objective: str) -> Path:
+    return sweep_dir / "anchors" / f"{objective}.json"
+
+
+def publish_anchor(sweep_dir: Path, objective: str, content: dict) -> None:
+    path = anchor_file(sweep_dir, objective)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(content))
+    tmp.replace(path)  # atomic: a waiting trial reads all of it or nothing
+
+
+def wait_for_anchors(sweep_dir: Path, poll_s: float = 0.5) -> dict:
+    """f* from both anchor trials, once they have ended (they start before any MAXRIGHT
+    trial, so this ends); an anchor's failure fails the waiting trial too."""
+    found: dict[str, dict] = {}
+    while len(found) < 2:
+        for objective in ("sft", "dpo"):
+            path = anchor_file(sweep_dir, objective)
+            if objective not in found and path.exists():
+                found[objective] = json.loads(path.read_text())
+        if errors := [a["error"] for a in found.values() if "error" in a]:
+            raise RuntimeError(f"f* cannot be estimated: {'; '.join(errors)}")
+        if len(found) < 2:
+            time.sleep(poll_s)
+    return {"f_star_sft": found["sft"]["f_star"], "f_star_dpo": found["dpo"]["f_star"]}

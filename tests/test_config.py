@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from orchestrator.config import PRESETS, ConfigError, load_config, parse_override
-from orchestrator.space import apply_point, main_points
+from orchestrator.space import apply_point, f_star, main_points, sweep_points
 from orchestrator.pareto import Anchors
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,6 +73,22 @@ def test_overrides_parse_yaml_values():
     for bad in ("lam", "=3", "a..b=1", "x=[1,"):
         with pytest.raises(ConfigError, match="--set"):
             parse_override(bad)
+
+
+def test_sweep_points_start_with_the_anchors_and_end_with_maxright():
+    points = sweep_points(["maxright", "mix"], [0.25, 0.75], [3, 4], with_anchors=True)
+    assert [(p["stage"], p.get("objective"), p["seed"]) for p in points[:2]] == [("anchor", "sft", 3), ("anchor", "dpo", 3)]
+    assert [(p["schedule"], p["lam"], p["seed"]) for p in points[2:]] == [
+        ("mix", 0.25, 3), ("mix", 0.25, 4), ("mix", 0.75, 3), ("mix", 0.75, 4),
+        ("maxright", 0.25, 3), ("maxright", 0.25, 4), ("maxright", 0.75, 3), ("maxright", 0.75, 4),
+    ]
+    assert sweep_points(["mix"], [0.5], [0], with_anchors=False) == [{"stage": "main", "schedule": "mix", "lam": 0.5, "seed": 0}]
+
+
+def test_f_star_is_the_best_evaluation_of_the_objective():
+    trajectory = [{"eval/sft_loss": 2.0, "eval/dpo_loss": 0.7}, {"eval/sft_loss": 1.5, "eval/dpo_loss": 0.9},
+                  {"eval/sft_loss": 1.75, "eval/dpo_loss": 0.8}]
+    assert (f_star("sft", trajectory), f_star("dpo", trajectory)) == (1.5, 0.7)
 
 
 def test_apply_point_sets_the_trial_and_f_star():

@@ -126,8 +126,23 @@ def fit(cfg: TrialConfig, session) -> list[dict]:
     return progress.trajectory
 
 
+_last_inputs: tuple[str, tuple] | None = None  # (key, inputs) of the last trial in this process
+
+
 def load_inputs(cfg: TrialConfig, device):
-    """Tokenizer and tokenized splits, the pairs carrying their reference log-probs."""
+    """Tokenizer and tokenized splits, the pairs carrying their reference log-probs.
+
+    A Tune trial process runs trial after trial of one sweep (``reuse_actors``), all on
+    the same inputs: the last ones are kept, so only the first trial pays for them.
+    Nothing downstream mutates them (batches are collated copies)."""
+    global _last_inputs
+    key = json.dumps([cfg.model.model_dump(), cfg.data.model_dump(), cfg.cache_dir, str(device)], sort_keys=True)
+    if _last_inputs is None or _last_inputs[0] != key:
+        _last_inputs = (key, _read_inputs(cfg, device))
+    return _last_inputs[1]
+
+
+def _read_inputs(cfg: TrialConfig, device):
     tokenizer = load_tokenizer(cfg.model, cfg.cache_dir)
     args = (tokenizer, cfg.data.max_len, cfg.data.seed, cfg.cache_dir)
     sft_train, sft_eval = load_split_tokenized(cfg.data.sft, "sft", *args)

@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 
 from tests.raycluster import free_ports
 
-STEPS = [0, 20, 40, 60]
+STEPS = [0, 100, 200, 300]
 
 
 class MlflowServer:
@@ -36,9 +36,9 @@ class MlflowServer:
                 time.sleep(0.5)
         raise RuntimeError("mlflow server did not come up")
 
-    def stop(self):
+    def stop(self, sig=signal.SIGTERM):
         if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)  # its own process group: the server and its workers
+            os.killpg(self.proc.pid, sig)  # its own process group: the server and its workers
             self.proc.wait(timeout=60)
 
 
@@ -65,7 +65,8 @@ def test_the_sweep_outlives_the_mlflow_server_and_sync_backfills_it(server, cach
     config = ["--config", "smoke", "--set", f"storage={tmp_path / 'storage'}", "--set", f"tracking.tracking_uri={server.uri}"]
     sweep = rightsweep(
         "sweep", *config, "--set", f"trial.cache_dir={cache_dir}", "--set", "sweep.schedules=[alright, mix]",
-        "--set", "sweep.lams=[0.25, 0.75]", "--set", "sweep.max_concurrent_trials=1", "--set", "trial.train.total_steps=60",
+        "--set", "sweep.lams=[0.25, 0.75]", "--set", "sweep.max_concurrent_trials=1", "--set", "trial.train.total_steps=300",
+        "--set", "trial.train.eval_every=100", "--set", "trial.train.checkpoint_every=100",
         "--set", "trial.train.f_star_sft=1.0", "--set", "trial.train.f_star_dpo=0.5",
     )
     client = MlflowClient(server.uri)
@@ -74,8 +75,8 @@ def test_the_sweep_outlives_the_mlflow_server_and_sync_backfills_it(server, cach
         exp = client.get_experiment_by_name("smoke")
         if exp and any(r.info.status == "FINISHED" for r in trial_runs(client)):
             break
-        time.sleep(0.3)
-    server.stop()  # one trial is in MLflow; the rest of the sweep runs without it
+        time.sleep(0.1)
+    server.stop(signal.SIGKILL)  # one trial is in MLflow; the rest of the sweep runs without it
     out, err = sweep.communicate(timeout=600)
     assert sweep.returncode == 0, err[-4000:]
     assert "MLflow unavailable" in err
