@@ -122,7 +122,7 @@ def ratios_section(paper: dict | None, throughput: dict | None, sweeps_all: dict
                          f"{100 * d['share_in_training']:.0f} % (Σ trial time in steps and evaluation ÷ (sweep wall "
                          f"{d['wall_s']:.0f} s × {d['slots']} trial slots)); of the {slot_s:.0f} slot-seconds, "
                          f"{100 * (walls / slot_s - d['share_in_training']):.0f} % went to per-trial overhead and "
-                         f"{100 * (1 - walls / slot_s):.0f} % to no trial at all (Ray start, shared inputs, stage changes, report)",
+                         f"{100 * (1 - walls / slot_s):.0f} % to no trial at all (Ray start, shared inputs, slots waiting, report)",
                          d["share_in_training"] >= 0.70))
     lines = ["## 2. Throughput and overhead ratios", "", "| figure | target | measured | |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {verdict(ok)} |" for a, b, c, ok in rows]

@@ -2,7 +2,7 @@
 Tune callback), and afterwards from the results on storage (``backfill``: the end of a
 sweep and ``rightsweep sync``).
 
-Tune's results under ``<storage>/<name>/tune/<stage>`` are the record and MLflow mirrors
+Tune's results under ``<storage>/<name>/tune/grid`` are the record and MLflow mirrors
 them. Every write is idempotent (``tracking.Tracker``), so mirroring again adds what is
 missing and duplicates nothing.
 """
@@ -141,15 +141,16 @@ def backfill(cfg: ExperimentConfig, tracker, parent_id: str) -> tuple[int, int]:
     Reads only storage (no Ray)."""
     from ray.tune import ExperimentAnalysis
 
-    runs = points = 0
-    for stage_dir in sorted(p for p in (Path(cfg.storage) / cfg.name / "tune").glob("*") if p.is_dir()):
-        analysis = ExperimentAnalysis(str(stage_dir))
-        frames = analysis.trial_dataframes
-        for trial in analysis.trials:
-            point = trial.config["point"]
-            run_id = tracker.trial_run(parent_id, trial.trial_id, trial_label(point), trial_params(cfg, point), point["stage"])
-            points += tracker.log_points(run_id, tune_trajectory(frames.get(trial.trial_id)))
-            if trial.status in ("TERMINATED", "ERROR"):
-                tracker.finish(run_id, ok=trial.status == "TERMINATED")
-            runs += 1
-    return runs, points
+    grid = Path(cfg.storage) / cfg.name / "tune" / "grid"
+    if not grid.is_dir():
+        return 0, 0
+    analysis = ExperimentAnalysis(str(grid))
+    frames = analysis.trial_dataframes
+    points = 0
+    for trial in analysis.trials:
+        point = trial.config["point"]
+        run_id = tracker.trial_run(parent_id, trial.trial_id, trial_label(point), trial_params(cfg, point), point["stage"])
+        points += tracker.log_points(run_id, tune_trajectory(frames.get(trial.trial_id)))
+        if trial.status in ("TERMINATED", "ERROR"):
+            tracker.finish(run_id, ok=trial.status == "TERMINATED")
+    return len(analysis.trials), points
