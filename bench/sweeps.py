@@ -25,6 +25,9 @@ SWEEPS = {
     # name: (preset, overrides, what it measures, the target for its per-trial overhead in s)
     "default-local": ("default", [], "the default sweep (= make demo): local-mode trials", 1.0),
     "smoke-workers": ("smoke", ["resources.num_workers=1"], "the smoke sweep with one Ray Train worker per trial", 10.0),
+    # The same, one trial at a time: how much of the above is two trials sharing two cores.
+    "smoke-workers-serial": ("smoke", ["resources.num_workers=1", "sweep.max_concurrent_trials=1"],
+                             "the smoke sweep with one Ray Train worker per trial, one trial at a time", 10.0),
 }
 
 
