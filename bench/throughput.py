@@ -29,7 +29,7 @@ def _bare_loop(raw: dict, decisions: str, threads: int) -> dict:
     import torch
 
     from workers.data import BatchStream, collate_pairs, collate_sft
-    from workers.loop import load_inputs, objective_loss
+    from workers.loop import load_inputs, make_optimizer, objective_loss
     from workers.model import load_policy
 
     torch.set_num_threads(threads)
@@ -41,7 +41,7 @@ def _bare_loop(raw: dict, decisions: str, threads: int) -> dict:
     pad = tokenizer.pad_token_id
     model = load_policy(cfg.model, cfg.cache_dir, device)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+    opt = make_optimizer(model.parameters(), t, device)
     sft = BatchStream(sft_train, t.batch_size, t.seed, lambda r: collate_sft(r, pad))
     dpo = BatchStream(pref_train, t.batch_size, t.seed + 1, lambda r: collate_pairs(r, pad))
     started = time.perf_counter()
@@ -105,7 +105,7 @@ def _dpo_steps(raw: dict, blocks: int, steps: int) -> dict:
     import torch
 
     from workers.data import BatchStream, collate_pairs
-    from workers.loop import load_inputs
+    from workers.loop import load_inputs, make_optimizer
     from workers.losses import dpo_loss
     from workers.model import load_policy
     from workers.reference import policy_pair_logps
@@ -116,7 +116,7 @@ def _dpo_steps(raw: dict, blocks: int, steps: int) -> dict:
     tokenizer, _, _, pref_train, _ = load_inputs(cfg, device)
     model = load_policy(cfg.model, cfg.cache_dir, device)
     reference = load_policy(cfg.model, cfg.cache_dir, device, lora=False).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=t.betas)
+    opt = make_optimizer(model.parameters(), t, device)
     stream = BatchStream(pref_train, t.batch_size, t.seed, lambda r: collate_pairs(r, tokenizer.pad_token_id))
 
     phases = {"collate": [], "reference": [], "forward": [], "backward": [], "clip+optimizer": []}

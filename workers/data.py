@@ -200,33 +200,31 @@ def load_split_tokenized(spec: DatasetSpec, kind: str, tokenizer, max_len: int, 
     return tuple(out)
 
 
-def pad(seqs: list, value: int) -> torch.Tensor:
-    """Right-pad sequences to the longest in the batch."""
-    width = max(len(s) for s in seqs)
-    out = torch.full((len(seqs), width), value, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        out[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
-    return out
+def pad(seqs: list, value: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad sequences to the longest in the batch; also returns where the real tokens are.
+
+    One vectorised fill instead of a tensor copy per row: at small model sizes a per-row
+    loop was a measurable share of a training step."""
+    lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
+    real = np.arange(lengths.max()) < lengths[:, None]
+    out = np.full(real.shape, value, dtype=np.int64)
+    out[real] = np.concatenate(seqs)
+    return torch.from_numpy(out), torch.from_numpy(real.astype(np.int64))
+
+
+def _padded(ids: list, masks: list, pad_id: int) -> dict[str, torch.Tensor]:
+    input_ids, attention_mask = pad(ids, pad_id)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": pad(masks, 0)[0]}
 
 
 def collate_sft(rows: dict[str, list], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded batch; ``attention_mask`` covers real tokens, ``loss_mask`` response tokens."""
-    ids = rows["input_ids"]
-    return {
-        "input_ids": pad(ids, pad_id),
-        "attention_mask": pad([np.ones(len(s)) for s in ids], 0),
-        "loss_mask": pad(rows["loss_mask"], 0),
-    }
+    return _padded(rows["input_ids"], rows["loss_mask"], pad_id)
 
 
 def collate_pairs(rows: dict[str, list], pad_id: int) -> dict[str, torch.Tensor]:
     """Chosen rows then rejected rows in one [2B, T] batch: one forward pass per pair batch."""
-    ids = rows["chosen_ids"] + rows["rejected_ids"]
-    batch = {
-        "input_ids": pad(ids, pad_id),
-        "attention_mask": pad([np.ones(len(s)) for s in ids], 0),
-        "loss_mask": pad(rows["chosen_mask"] + rows["rejected_mask"], 0),
-    }
+    batch = _padded(rows["chosen_ids"] + rows["rejected_ids"], rows["chosen_mask"] + rows["rejected_mask"], pad_id)
     if "ref_chosen" in rows:
         batch["ref_chosen"] = torch.tensor(rows["ref_chosen"], dtype=torch.float32)
         batch["ref_rejected"] = torch.tensor(rows["ref_rejected"], dtype=torch.float32)
