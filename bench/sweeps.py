@@ -11,7 +11,6 @@ the loop's own ``time/train_s + time/eval_s``.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess

@@ -20,6 +20,7 @@ from orchestrator.space import trial_label
 
 log = logging.getLogger("rightsweep.mirror")
 RETRY_AFTER_S = 30.0  # while MLflow is down, try it again at most this often
+_URIS: dict[tuple[str, str], str] = {}  # (experiment, storage) -> tracking URI, in the driver's memory only
 
 
 def trial_params(cfg: ExperimentConfig, point: dict) -> dict:
@@ -59,13 +60,16 @@ class MlflowSync:
     """
 
     def __init__(self, uri: str, experiment: str, storage: str, parent_id: str, params: dict):
-        self.uri, self.experiment, self.storage, self.parent_id = uri, experiment, storage, parent_id
+        self.experiment, self.storage, self.parent_id = experiment, storage, parent_id
+        _URIS[(experiment, storage)] = uri
         self.params = params  # label -> params of each point
         self._tracker = None
         self._runs: dict[str, str] = {}
         self._down_since: float | None = None
 
     def __getstate__(self):
+        # Tune pickles its callbacks onto storage (tuner.pkl, for --resume). The URI may hold
+        # a password, so it is not in this state: a resuming driver registers it again.
         return {**self.__dict__, "_tracker": None, "_runs": {}}
 
     def _call(self, fn):
@@ -75,7 +79,7 @@ class MlflowSync:
             if self._tracker is None:
                 from orchestrator.tracking import Tracker
 
-                self._tracker = Tracker(self.uri, self.experiment, self.storage)
+                self._tracker = Tracker(_URIS[(self.experiment, self.storage)], self.experiment, self.storage)
             out = fn(self._tracker)
         except Exception as e:  # any MLflow/transport failure
             if self._down_since is None:

@@ -78,7 +78,10 @@ def run_grid(cfg: ExperimentConfig, points: list[dict], anchors: Anchors | None,
 
     sweep_dir = Path(cfg.storage) / cfg.name
     path = sweep_dir / "tune" / "grid"
-    trainable = tune.with_parameters(tune_trial, experiment=cfg.model_dump(), anchors=asdict(anchors) if anchors else None)
+    # Trials never talk to MLflow (the driver mirrors their results), so its URI, which may
+    # carry a password, stays out of what Tune pickles onto storage.
+    experiment = cfg.model_dump(exclude={"tracking"})
+    trainable = tune.with_parameters(tune_trial, experiment=experiment, anchors=asdict(anchors) if anchors else None)
     # With workers, the trial process only drives a TorchTrainer and reserves no CPU (a
     # token of memory, as Ray refuses an empty bundle); in local mode it trains.
     trial_needs = cfg.resources.per_process() if cfg.resources.num_workers == 0 else {"memory": DRIVER_MEMORY}

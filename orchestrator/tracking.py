@@ -16,6 +16,8 @@ from pathlib import Path
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 
+from orchestrator.redact import redact_text
+
 TRIAL_TAG = "rightsweep.trial_id"
 ROLE_TAG = "rightsweep.role"
 STAGE_TAG = "rightsweep.stage"
@@ -46,6 +48,8 @@ class Tracker:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+        if redact_text(uri) != uri:  # MLflow prints "View run … at: <tracking URI>/…" as runs end
+            os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         self.uri = uri
         self.client = MlflowClient(uri)
         found = self.client.get_experiment_by_name(experiment)

@@ -7,39 +7,14 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
 from mlflow import MlflowClient
 
+from tests.mlflowserver import MlflowServer
 from tests.raycluster import free_ports
 
 STEPS = [0, 100, 200, 300]
-
-
-class MlflowServer:
-    def __init__(self, root, port):
-        self.root, self.port, self.proc = root, port, None
-        self.uri = f"http://127.0.0.1:{port}"
-
-    def start(self):
-        cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db",
-               "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1", "--port", str(self.port)]
-        self.proc = subprocess.Popen(cmd, cwd=self.root, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.5)
-        raise RuntimeError("mlflow server did not come up")
-
-    def stop(self, sig=signal.SIGTERM):
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)  # its own process group: the server and its workers
-            self.proc.wait(timeout=60)
 
 
 @pytest.fixture

@@ -1,0 +1,34 @@
+"""A real ``mlflow server`` on loopback for tests, in its own process group so it can be
+stopped (or killed) with everything it started."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+
+class MlflowServer:
+    def __init__(self, root, port):
+        self.root, self.port, self.proc = root, port, None
+        self.uri = f"http://127.0.0.1:{port}"
+
+    def start(self):
+        cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.root}/mlflow.db",
+               "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1", "--port", str(self.port)]
+        self.proc = subprocess.Popen(cmd, cwd=self.root, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.5)
+        raise RuntimeError("mlflow server did not come up")
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)  # its own process group: the server and its workers
+            self.proc.wait(timeout=60)
