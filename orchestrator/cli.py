@@ -70,12 +70,9 @@ def cmd_train(args) -> int:
     out_dir = Path(cfg.storage) / name
     trial = cfg.trial.model_copy(update={"output_dir": str(out_dir)})
 
-    from orchestrator.cluster import check_fits, connect
-    from orchestrator.trial import build_trainer, prepare_shared
+    from orchestrator.trial import build_trainer, connect_and_prepare
 
-    connect()
-    check_fits(cfg.resources)
-    prepare_shared(trial, cfg.resources)
+    connect_and_prepare(trial, cfg.resources)
     result = build_trainer(trial, cfg.resources, name, cfg.storage).fit()
     if result.error:
         log.error("trial failed: %s", result.error)

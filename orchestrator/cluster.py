@@ -15,6 +15,13 @@ LOCAL_POLL_S = 0.2
 _started_locally = False
 
 
+def will_start_locally() -> bool:
+    """Whether ``connect`` would start a private local Ray (no cluster to join)."""
+    import ray
+
+    return not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
+
+
 def connect() -> None:
     """``RAY_ADDRESS`` (set by ``ray job submit`` and by users) means a running cluster;
     otherwise a private local Ray: its own temp dir (it never touches another Ray on the

@@ -7,10 +7,12 @@ reruns only what did not finish.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -121,9 +123,8 @@ def run_grid(cfg: ExperimentConfig, points: list[dict], anchors: Anchors | None,
 
 
 def run_sweep(cfg: ExperimentConfig, resume: bool = False) -> Summary:
-    from orchestrator.cluster import check_fits, connect
-    from orchestrator.tracking import Tracker, tracking_uri
-    from orchestrator.trial import prepare_shared
+    from orchestrator.tracking import tracking_uri
+    from orchestrator.trial import connect_and_prepare
 
     sweep_dir = Path(cfg.storage) / cfg.name
     state_file = sweep_dir / "sweep.json"
@@ -135,20 +136,18 @@ def run_sweep(cfg: ExperimentConfig, resume: bool = False) -> Summary:
     sweep_dir.mkdir(parents=True, exist_ok=True)
 
     uri = tracking_uri(cfg.tracking.tracking_uri, cfg.storage)
-    try:
-        tracker = Tracker(uri, cfg.name, cfg.storage)
+    # MLflow's store (seconds: imports, a new database's tables) is opened while Ray starts
+    # and the shared inputs are built: none needs the others, and all come before a trial.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        opening = pool.submit(open_tracker, cfg, uri)
+        connect_and_prepare(cfg.trial, cfg.resources)
+        tracker = opening.result()
+    with tracking_errors(uri):  # only now: a sweep refused above leaves no run behind
         parent_id = tracker.start_parent(cfg.name, redact(flatten(cfg.model_dump())), state.get("parent_run_id"))
-    except Exception as e:  # before any training: a wrong or stopped tracking server is a config problem
-        raise ConfigError(f"tracking.tracking_uri: MLflow at {redact_text(uri)} cannot be used ({type(e).__name__}: "
-                          f"{redact_text(str(e))[:200]}); start it, or leave tracking_uri unset for a store under storage") from None
     # What `rightsweep sync` needs to mirror this sweep later: its run and its config.
     state.update(parent_run_id=parent_id, tracking_uri=redact_text(uri), config=redact(cfg.model_dump()))
     state_file.write_text(json.dumps(state, indent=1))
     log.info("MLflow: experiment %r, parent run %s, store %s", cfg.name, parent_id, redact_text(uri))
-
-    connect()
-    check_fits(cfg.resources)
-    prepare_shared(cfg.trial, cfg.resources)
 
     # One Tune experiment for the whole grid, so trial processes (and their imports) are
     # reused from the anchors to the last trial.
@@ -186,6 +185,23 @@ def run_sweep(cfg: ExperimentConfig, resume: bool = False) -> Summary:
     if failed:
         print(f"{len(failed)} trial(s) failed: {', '.join(map(str, failed))}")
     return summary
+
+
+@contextlib.contextmanager
+def tracking_errors(uri: str):
+    """Before any training, a wrong or stopped tracking server is a config problem."""
+    try:
+        yield
+    except Exception as e:
+        raise ConfigError(f"tracking.tracking_uri: MLflow at {redact_text(uri)} cannot be used ({type(e).__name__}: "
+                          f"{redact_text(str(e))[:200]}); start it, or leave tracking_uri unset for a store under storage") from None
+
+
+def open_tracker(cfg: ExperimentConfig, uri: str):
+    from orchestrator.tracking import Tracker
+
+    with tracking_errors(uri):
+        return Tracker(uri, cfg.name, cfg.storage)
 
 
 def publish(tracker, parent_id: str, summary: Summary, report_dir: Path, ok: bool = True) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 from orchestrator.config import ExperimentConfig, Resources
@@ -51,6 +53,28 @@ def prepare_shared(trial: TrialConfig, resources: Resources) -> None:
     except ConfigError as e:  # Ray's error subclasses the worker's: report the worker's own message
         raise ConfigError(str(getattr(e, "cause", e))) from None
     log.info("shared inputs ready (embedded assets, reference log-probs) in %.1fs", time.perf_counter() - started)
+
+
+def connect_and_prepare(trial: TrialConfig, resources: Resources) -> None:
+    """Connect to Ray (or start a private local one), check that a trial fits, and build the
+    shared inputs. When this process starts the Ray, the machine that builds them is this
+    one, so they are built in a process of their own while Ray starts instead of after
+    (seconds of every sweep); on a cluster, as a Ray task."""
+    from orchestrator.cluster import check_fits, connect, will_start_locally
+
+    if not will_start_locally():
+        connect()
+        check_fits(resources)
+        prepare_shared(trial, resources)
+        return
+    started = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        preparing = pool.submit(_prepare, trial.model_dump(), max(resources.num_workers, 1))
+        connect()
+        check_fits(resources)
+        preparing.result()
+    log.info("shared inputs ready (embedded assets, reference log-probs) in %.1fs, built while Ray started",
+             time.perf_counter() - started)
 
 
 def build_trainer(trial: TrialConfig, resources: Resources, name: str, storage: str, callbacks=()):

@@ -135,3 +135,13 @@ def test_storage_full(tmp_path):
     proc = subprocess.run(["unshare", "--mount", "--map-root-user", "sh", "-c", script, sys.executable, "-m", "orchestrator",
                            "sweep", "--config", "smoke", "--set", f"storage={full}"], capture_output=True, text=True, timeout=60)
     assert_refused(proc, f"storage: {full} is full (No space left on device)")
+
+
+def test_a_tracking_server_that_does_not_answer(cache_dir, tmp_path):
+    from tests.raycluster import free_ports
+
+    uri = f"http://127.0.0.1:{free_ports(1)[0]}"  # nothing listens there
+    proc = rightsweep("sweep", "--config", "smoke", "--set", f"storage={tmp_path}", "--set", f"trial.cache_dir={cache_dir}",
+                      "--set", f"tracking.tracking_uri={uri}", timeout=300)
+    assert_refused(proc, f"tracking.tracking_uri: MLflow at {uri} cannot be used", ray_started=True)
+    assert not (tmp_path / "smoke" / "tune").exists(), "no trial started"
