@@ -33,10 +33,13 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def worker_port_range(size: int = 100) -> tuple[int, int]:
-    """A block of ports for Ray's worker processes, checked free at its ends."""
+def worker_port_range(avoid: list[int], size: int = 100) -> tuple[int, int]:
+    """A block of ports for Ray's worker processes, checked free at its ends and clear of
+    the ports ``avoid`` (the node's own, picked just before)."""
     for _ in range(50):
         base = random.randrange(20000, 60000 - size)
+        if any(base <= p < base + size for p in avoid):
+            continue
         try:
             for port in (base, base + size // 2, base + size - 1):
                 with socket.socket() as s:
@@ -58,9 +61,9 @@ class Cluster:
         self.gcs_port = self.dashboard_port = None
         self.logs: list[Path] = []
 
-    def _node_ports(self) -> list[str]:
-        nm, om, agent, agent_grpc, metrics, rte = free_ports(6)
-        lo, hi = worker_port_range()
+    def _node_ports(self, ports: list[int]) -> list[str]:
+        nm, om, agent, agent_grpc, metrics, rte = ports
+        lo, hi = worker_port_range(avoid=ports)
         return [f"--node-manager-port={nm}", f"--object-manager-port={om}", f"--dashboard-agent-listen-port={agent}",
                 f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
                 f"--runtime-env-agent-port={rte}", f"--min-worker-port={lo}", f"--max-worker-port={hi}"]
@@ -73,17 +76,19 @@ class Cluster:
                                            start_new_session=True))
 
     def start_head(self, num_cpus: int, resources: dict | None = None) -> "Cluster":
-        self.gcs_port, self.dashboard_port, client = free_ports(3)
+        # Every port from one call: ports freed between two calls can be handed out again.
+        self.gcs_port, self.dashboard_port, client, *node = free_ports(9)
         self._spawn(["--head", f"--port={self.gcs_port}", f"--temp-dir={self.temp_dir}", f"--num-cpus={num_cpus}",
                      "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
-                     f"--ray-client-server-port={client}", f"--resources={json.dumps(resources or {})}", *self._node_ports()])
+                     f"--ray-client-server-port={client}", f"--resources={json.dumps(resources or {})}",
+                     *self._node_ports(node)])
         self.wait_for(lambda: self._job_api_up(), "the head's job API", 120)
         return self
 
     def add_node(self, num_cpus: int, resources: dict) -> None:
         before = self.node_count()
         self._spawn([f"--address=127.0.0.1:{self.gcs_port}", f"--num-cpus={num_cpus}",
-                     f"--resources={json.dumps(resources)}", *self._node_ports()])
+                     f"--resources={json.dumps(resources)}", *self._node_ports(free_ports(6))])
         self.wait_for(lambda: self.node_count() > before, "the new node to join", 120)
 
     @property
