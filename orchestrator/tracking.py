@@ -79,10 +79,14 @@ class Tracker:
             self.client.log_batch(run_id, params=items[i : i + 100])
 
     def trial_run(self, parent_id: str, trial_id: str, label: str, params: dict, stage: str) -> str:
-        """The child run of a trial: found by its tag, else created under the parent."""
+        """The child run of a trial: found by its tag, else created under the parent. A found
+        run gets the params it lacks (MLflow may have gone away between creating it and
+        logging them)."""
         found = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}'", max_results=1)
         if found:
-            return found[0].info.run_id
+            run = found[0]
+            self.log_params(run.info.run_id, {k: v for k, v in params.items() if k not in run.data.params})
+            return run.info.run_id
         tags = {"mlflow.parentRunId": parent_id, TRIAL_TAG: trial_id, ROLE_TAG: "trial", STAGE_TAG: stage,
                 "schedule": str(params.get("schedule")), "stage": stage}
         run = self.client.create_run(self.experiment_id, run_name=label, tags=tags)
