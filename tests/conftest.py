@@ -59,3 +59,17 @@ def pytest_configure(config):
     # Hugging Face libraries must never try the network in tests.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def head():
+    """A ``ray start --head`` cluster of 2 CPUs per test module; a driver killed in a test is
+    only its client, so no Ray process of the driver's own is left behind."""
+    from tests.raycluster import Cluster
+
+    cluster = Cluster()
+    try:
+        yield cluster.start_head(num_cpus=2)
+    finally:
+        cluster.stop()
+

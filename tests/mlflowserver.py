@@ -1,5 +1,5 @@
-"""A real ``mlflow server`` on loopback for tests, in its own process group so it can be
-stopped (or killed) with everything it started."""
+"""MLflow for tests: a real ``mlflow server`` on loopback, in its own process group so it
+can be stopped (or killed) with everything it started; a client of a sweep's SQLite store."""
 
 import os
 import signal
@@ -7,6 +7,13 @@ import subprocess
 import sys
 import time
 import urllib.request
+
+from mlflow import MlflowClient
+
+
+def store(storage) -> MlflowClient:
+    """The default store of a sweep whose ``storage`` is given."""
+    return MlflowClient(f"sqlite:///{storage}/mlflow.db")
 
 
 class MlflowServer:

@@ -12,21 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
-from mlflow import MlflowClient
 
-from tests.raycluster import RAY, Cluster
+from tests.mlflowserver import store
+from tests.raycluster import RAY
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
-
-
-@pytest.fixture(scope="module")
-def head():
-    cluster = Cluster()
-    try:
-        yield cluster.start_head(num_cpus=2)
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +28,6 @@ def submitted(head, tmp_path_factory):
                      PY, "-m", "orchestrator", "sweep", "--config", "smoke", "--set", f"storage={storage}"], timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     return storage, proc.stdout
-
-
-def store(storage) -> MlflowClient:
-    return MlflowClient(f"sqlite:///{storage}/mlflow.db")
 
 
 def runs(client, experiment):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from workers.config import TrialConfig
+from workers.config import TrainSpec, TrialConfig
 from workers.data import BatchStream, collate_pairs, collate_sft, eval_batches, load_split_tokenized
 from workers.losses import dpo_loss, sequence_logps, sft_loss, shift_for_causal_lm
 from workers.model import load_policy, load_tokenizer
@@ -182,7 +182,7 @@ def setup(cfg: TrialConfig, session, resume_dir: str | None) -> Setup:
     return Setup(model, optimizer, schedule, streams, sft_eval, pref_eval, pad_id, tokenizer)
 
 
-def make_optimizer(params, t, device) -> torch.optim.Optimizer:
+def make_optimizer(params, t: TrainSpec, device: torch.device) -> torch.optim.Optimizer:
     """AdamW with the fused kernel where torch has one: one kernel for every tensor instead
     of several per tensor, which at small model sizes was about 1 ms of a 15 ms step."""
     return torch.optim.AdamW(params, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay, fused=device.type in ("cpu", "cuda"))

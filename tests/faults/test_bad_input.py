@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from tests.raycluster import free_ports
+
 
 def rightsweep(*args, timeout=60):
     return subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True, timeout=timeout)
@@ -138,8 +140,6 @@ def test_storage_full(tmp_path):
 
 
 def test_a_tracking_server_that_does_not_answer(cache_dir, tmp_path):
-    from tests.raycluster import free_ports
-
     uri = f"http://127.0.0.1:{free_ports(1)[0]}"  # nothing listens there
     proc = rightsweep("sweep", "--config", "smoke", "--set", f"storage={tmp_path}", "--set", f"trial.cache_dir={cache_dir}",
                       "--set", f"tracking.tracking_uri={uri}", timeout=300)

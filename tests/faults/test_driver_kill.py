@@ -9,28 +9,9 @@ import subprocess
 import sys
 import time
 
-import pytest
-
-from mlflow import MlflowClient
-
-from tests.raycluster import Cluster
+from tests.mlflowserver import store
 
 PY = sys.executable
-
-
-def store(storage) -> MlflowClient:
-    return MlflowClient(f"sqlite:///{storage}/mlflow.db")
-
-
-@pytest.fixture(scope="module")
-def head():
-    """A ``ray start --head`` cluster: the killed driver is only a client of it, so the kill
-    leaves no Ray process of the driver's own behind."""
-    cluster = Cluster()
-    try:
-        yield cluster.start_head(num_cpus=2)
-    finally:
-        cluster.stop()
 
 
 def finished_main_runs(storage, experiment) -> int:
