@@ -57,7 +57,7 @@ def run(seeds: list[int], steps: int | None) -> dict:
             anchors.append({"objective": objective, "seed": seed, **r})
             progress.tick(f"anchor {objective}-only seed {seed}", r)
     star = stats.f_star(anchors)
-    print(f"f*_SFT = {star[0]:.4f}, f*_DPO = {star[1]:.4f} (best over {len(anchors)} anchor trials)", flush=True)
+    print(f"f*_SFT = {star[0]:.4f}, f*_DPO = {star[1]:.4f} (mean over seeds of each anchor trial's best)", flush=True)
 
     trials, group = [], 0
     for seed in seeds:

@@ -9,6 +9,8 @@ from collections import defaultdict
 
 import numpy as np
 
+from orchestrator import pareto, space
+
 BASELINE = "seq_dpo_sft"
 LABELS = {
     "seq_dpo_sft": "Sequential DPO→SFT", "seq_sft_dpo": "Sequential SFT→DPO",
@@ -22,12 +24,13 @@ PAPER_IDEAL_AT_HALF = {"seq_dpo_sft": 0.83, "mix": 0.17, "alright": 0.27, "maxri
 
 
 def f_star(anchor_trials: list[dict]) -> tuple[float, float]:
-    """The best held-out loss any single-objective trial reached (over seeds and steps)."""
+    """Per objective, the mean over anchor seeds of each seed's best held-out loss, as the
+    sweep estimates it (``orchestrator.space.f_star``)."""
     sft = [t["best_sft_loss"] for t in anchor_trials if t["objective"] == "sft"]
     dpo = [t["best_dpo_loss"] for t in anchor_trials if t["objective"] == "dpo"]
     if not sft or not dpo:
         raise ValueError("need at least one SFT-only and one DPO-only anchor trial")
-    return min(sft), min(dpo)
+    return space.f_star(sft), space.f_star(dpo)
 
 
 def runtime_s(t: dict) -> float:
@@ -66,6 +69,23 @@ def table(derived: list[dict], keys=("schedule", "lam")) -> dict[tuple, dict[str
             for cell, ts in sorted(cells.items())}
 
 
+def half95(cell: dict, metric: str) -> float:
+    """Half-width of the 95 % interval (Student's t) of a cell's mean; NaN for one seed."""
+    from scipy import stats as sp
+
+    n = cell["n"]
+    return float(sp.t.ppf(0.975, n - 1) * cell[metric][1] / math.sqrt(n)) if n > 1 else math.nan
+
+
+def front(trials: list[dict], star: tuple[float, float]) -> pareto.Summary:
+    """The sweep's own summary of these trials: cells of seed means with 95 % intervals, the
+    front over the means, the cells not separable from it, normalised hypervolumes."""
+    results = [pareto.TrialResult(f"{t['schedule']}-{t['lam']}-{t['seed']}", t["schedule"], t["lam"], t["seed"],
+                                  t["sft_loss"], t["dpo_loss"], t["pref_accuracy"], runtime_s(t)) for t in trials]
+    initial = tuple(max(t["trajectory"][0][i] for t in trials) for i in (1, 2))
+    return pareto.summarize(results, pareto.Anchors(*star), initial)
+
+
 def pooled_ratio(trials: list[dict], num: str, den: str, value) -> float:
     """sum(value) over ``num`` trials ÷ sum over ``den`` trials, over the cells both have."""
     by = defaultdict(dict)
@@ -79,7 +99,7 @@ def pooled_ratio(trials: list[dict], num: str, den: str, value) -> float:
 
 def claims(cells: dict, lams: list[float]) -> list[dict]:
     """The paper's orderings, each checked on our means: {claim, holds, evidence}; ``holds``
-    is None where the two means differ by less than the seeds' spread (std)."""
+    is None where the two means' 95 % intervals overlap."""
     out = []
     mean = lambda s, lam, m: cells[(s, lam)][m][0] if (s, lam) in cells else math.nan  # noqa: E731
 
@@ -114,10 +134,12 @@ def claims(cells: dict, lams: list[float]) -> list[dict]:
             "holds": all(d[BASELINE] > d[s] for s in ("mix", "alright", "maxright")),
             "evidence": "ours: " + ours,
         })
-        noise = max(cells[("maxright", 0.5)]["ideal_distance"][1], cells[("alright", 0.5)]["ideal_distance"][1])
+        h = {s: half95(cells[(s, 0.5)], "ideal_distance") for s in ("maxright", "alright")}
+        overlap = not abs(d["maxright"] - d["alright"]) > h["maxright"] + h["alright"]  # NaN (one seed): overlap
         out.append({
             "claim": "At λ = 0.5 MAXRIGHT ends closer to the ideal point than ALRIGHT",
-            "holds": None if abs(d["maxright"] - d["alright"]) <= noise else bool(d["maxright"] < d["alright"]),
-            "evidence": f"MAXRIGHT {d['maxright']:.3f} vs ALRIGHT {d['alright']:.3f}; std over seeds up to {noise:.3f}",
+            "holds": None if overlap else bool(d["maxright"] < d["alright"]),
+            "evidence": f"MAXRIGHT {d['maxright']:.3f} ± {h['maxright']:.3f} vs ALRIGHT {d['alright']:.3f} ± {h['alright']:.3f} "
+                        "(95 % intervals over seeds; overlapping intervals cannot be told apart)",
         })
     return out

@@ -64,7 +64,7 @@ def cmd_train(args) -> int:
         if value is not None:
             overrides.append(f"{key}={value}")
     cfg = load_config(args.config, overrides)
-    preflight(cfg)
+    cfg = preflight(cfg)
     t = cfg.trial.train
     name = args.name or f"train-{t.schedule}-lam{t.lam:g}-seed{t.seed}"
     out_dir = Path(cfg.storage) / name
@@ -88,7 +88,7 @@ def cmd_train(args) -> int:
 
 def cmd_sweep(args) -> int:
     cfg = load_config(args.config, args.overrides)
-    preflight(cfg)
+    cfg = preflight(cfg)
     from orchestrator.sweep import run_sweep
 
     run_sweep(cfg, resume=args.resume)
@@ -134,7 +134,8 @@ def cmd_sync(args) -> int:
     runs, points = backfill(cfg, tracker, state["parent_run_id"])
     print(f"MLflow has the {runs} trial run(s) of sweep {name!r}; {points} missing point(s) copied from storage")
     if state.get("finished"):
-        tracker.log_params(state["parent_run_id"], {"f_star_sft": state["f_star_sft"], "f_star_dpo": state["f_star_dpo"]})
+        if "f_star_sft" in state:
+            tracker.log_params(state["parent_run_id"], {"f_star_sft": state["f_star_sft"], "f_star_dpo": state["f_star_dpo"]})
         summary = rebuild(tracker, Path(cfg.storage) / name / "report", finished=not state["failed"])
         print(format_table(summary))
     return 0

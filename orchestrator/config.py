@@ -47,11 +47,15 @@ Lam = Annotated[float, Field(ge=0.0, le=1.0)]
 class SweepSpec(Section):
     schedules: list[Schedule] = Field(["sequential", "mix", "alright", "maxright"], min_length=1)
     lams: list[Lam] = Field([0.25, 0.5, 0.75], min_length=1, description="λ grid, each in [0, 1]")
-    seeds: list[int] = Field([0], min_length=1)
+    seeds: list[int] = Field([0, 1, 2], min_length=1, description="every cell runs each seed; fronts are over seed means")
     anchors: bool = Field(
         True, description="run SFT-only and DPO-only trials first to estimate f* (skipped when trial.train gives f*)"
     )
     max_concurrent_trials: int | None = Field(None, gt=0, description="default: as many as the cluster's resources fit")
+    hypervolume_reference: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] | None = Field(
+        None, description="(f_SFT, f_DPO) bounding the hypervolume; default 1.1 x the nadir of the trials and the "
+        "initial model. Set it to compare hypervolumes of sweeps exactly"
+    )
     per_schedule: dict[Schedule, dict[str, Any]] = Field(
         default_factory=dict, description="trial.train fields that differ by schedule, e.g. {mix: {lr: 1.0e-5}}"
     )
@@ -168,6 +172,8 @@ def load_config(preset: str = "default", overrides: list[str] | None = None) -> 
         trial = cfg.trial
         if trial.cache_dir is None:  # shared by every trial and sweep on this storage
             trial = trial.model_copy(update={"cache_dir": str(storage / "cache")})
+        if trial.threads is None:  # what Ray gives a training process: `train` and `sweep` compute alike
+            trial = trial.model_copy(update={"threads": max(1, int(cfg.resources.cpus_per_worker))})
         trial = trial.resolved()
     except ValidationError as e:
         raise ConfigError(format_validation_error(e)) from None

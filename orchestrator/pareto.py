@@ -1,7 +1,8 @@
-"""Pure Pareto maths over finished trials: fronts, gaps, ideal distance, hypervolume.
+"""Pure Pareto maths over finished trials: seed means with intervals, fronts, gaps,
+ideal distance, hypervolume.
 
-Both losses are minimised. Non-domination and hypervolume come from ``moocore``; what is
-written here is only this project's own bookkeeping around them.
+Both losses are minimised. Non-domination and hypervolume come from ``moocore``, the
+t quantile from ``scipy``; what is written here is only this project's own bookkeeping.
 """
 
 from __future__ import annotations
@@ -53,39 +54,113 @@ def hypervolume(points, reference) -> float:
     return float(moocore.hypervolume(inside, ref=ref)) if len(inside) else 0.0
 
 
-def gaps(sft_loss: float, dpo_loss: float, anchors: Anchors) -> tuple[float, float, float]:
-    """(f_SFT − f*_SFT, f_DPO − f*_DPO, ‖both‖₂)."""
+def gaps(sft_loss: float, dpo_loss: float, anchors: Anchors | None) -> tuple[float, float, float]:
+    """(f_SFT − f*_SFT, f_DPO − f*_DPO, ‖both‖₂); NaN without f*."""
+    if anchors is None:
+        return math.nan, math.nan, math.nan
     g_sft = sft_loss - anchors.f_star_sft
     g_dpo = dpo_loss - anchors.f_star_dpo
     return g_sft, g_dpo, math.hypot(g_sft, g_dpo)
 
 
 @dataclass(frozen=True)
+class Interval:
+    """A mean over seeds and its 95 % confidence interval (Student's t); no interval from
+    one seed (low and high are NaN)."""
+
+    mean: float
+    low: float = math.nan
+    high: float = math.nan
+
+    @property
+    def known(self) -> bool:
+        return not math.isnan(self.low)
+
+
+def interval95(values) -> Interval:
+    from scipy import stats
+
+    v = np.asarray(list(values), dtype=float)
+    if len(v) < 2:
+        return Interval(float(v.mean()))
+    half = float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+    return Interval(float(v.mean()), float(v.mean()) - half, float(v.mean()) + half)
+
+
+@dataclass(frozen=True)
 class Row(TrialResult):
-    """A trial's line of the sweep table: its result plus what the front says of it."""
+    """A trial's line of the sweep table (every seed): its result, gaps and cost."""
 
     gap_sft: float = math.nan
     gap_dpo: float = math.nan
     ideal_distance: float = math.nan
     runtime_vs_sequential_pct: float = math.nan
-    on_front: bool = False
-    on_schedule_front: bool = False
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (schedule, λ) over its seeds: what the front is built from."""
+
+    schedule: str
+    lam: float
+    seeds: tuple[int, ...]
+    sft_loss: Interval
+    dpo_loss: Interval
+    gap_sft: Interval
+    gap_dpo: Interval
+    ideal_distance: Interval
+    pref_accuracy: float
+    runtime_s: float
+    runtime_vs_sequential_pct: float
+    on_front: bool = False  # over the means of every cell
+    on_schedule_front: bool = False  # over the means of this schedule's cells
+    # Dominated, but only within noise: its 95 % box overlaps the box of a cell whose means
+    # dominate it, so the seeds do not show it is off the front. None: one seed, no box.
+    not_separable: bool | None = None
 
 
 @dataclass
 class Summary:
     rows: list[Row]
-    anchors: Anchors
-    reference_point: tuple[float, float]
-    hypervolume: dict[str, float] = field(default_factory=dict)  # per schedule, and "all"
+    cells: list[Cell]
+    anchors: Anchors | None
+    initial_point: tuple[float, float]
+    reference_point: tuple[float, float]  # of the hypervolume
+    reference_rule: str  # how the reference point was chosen, printed beside every hypervolume
+    hypervolume: dict[str, float] = field(default_factory=dict)  # per schedule and "all", over cell means, normalised
+    numerics: dict[str, str] = field(default_factory=dict)  # what the numbers depend on besides the config
 
-    def front(self, schedule: str | None = None) -> list[Row]:
+    def front(self, schedule: str | None = None) -> list[Cell]:
         if schedule is None:
-            return sorted((r for r in self.rows if r.on_front), key=lambda r: r.sft_loss)
-        return sorted((r for r in self.rows if r.schedule == schedule and r.on_schedule_front), key=lambda r: r.sft_loss)
+            return sorted((c for c in self.cells if c.on_front), key=lambda c: c.sft_loss.mean)
+        return sorted((c for c in self.cells if c.schedule == schedule and c.on_schedule_front), key=lambda c: c.sft_loss.mean)
 
     def as_records(self) -> list[dict]:
         return [asdict(r) for r in self.rows]
+
+
+REFERENCE_MARGIN = 1.1
+
+
+def hypervolume_reference(points, initial_point: tuple[float, float], given: tuple[float, float] | None = None):
+    """(reference point, how it was chosen). The initial model's DPO loss is exactly ln 2
+    (policy = reference), so a reference there gave every trial ending above ln 2 — every
+    Sequential trial — a hypervolume of 0. The default is the nadir of every trial and the
+    initial model, times 1.1: every trial improves on it, and it only moves as far as the
+    worst trial does. ``given`` (``sweep.hypervolume_reference``) fixes it across sweeps."""
+    if given is not None:
+        return (float(given[0]), float(given[1])), "sweep.hypervolume_reference"
+    pts = np.vstack([np.asarray(points, dtype=float).reshape(-1, 2), np.asarray([initial_point], dtype=float)])
+    nadir = pts.max(axis=0)
+    return (float(nadir[0] * REFERENCE_MARGIN), float(nadir[1] * REFERENCE_MARGIN)), \
+        f"{REFERENCE_MARGIN:g} × the nadir of the trials and the initial model"
+
+
+def normalised_hypervolume(points, reference: tuple[float, float]) -> float:
+    """The share of the box from (0, 0) — both losses are ≥ 0 — to the reference point that
+    ``points`` dominate: in [0, 1], and comparable between sweeps with the same reference."""
+    area = reference[0] * reference[1]
+    return hypervolume(points, reference) / area if area > 0 else math.nan
 
 
 def _sequential_runtime(results: list[TrialResult]) -> dict[float, float]:
@@ -97,29 +172,67 @@ def _sequential_runtime(results: list[TrialResult]) -> dict[float, float]:
     return {lam: float(np.mean(v)) for lam, v in by_lam.items()}
 
 
-def summarize(results: list[TrialResult], anchors: Anchors, reference_point: tuple[float, float]) -> Summary:
-    """Rows in a stable order (schedule, λ, seed), each with its gaps, ideal distance,
-    runtime increase over Sequential at the same λ, and front membership."""
+def _pct(value: float, base: float) -> float:
+    return 100.0 * (value / base - 1.0) if base == base else math.nan
+
+
+def _dominates(d: dict, c: dict) -> bool:
+    a, b = (d["sft_loss"].mean, d["dpo_loss"].mean), (c["sft_loss"].mean, c["dpo_loss"].mean)
+    return a[0] <= b[0] and a[1] <= b[1] and a != b
+
+
+def _not_separable(cells: list[dict], overall: np.ndarray) -> list[bool | None]:
+    """Per cell: False on the front; for a dominated cell, whether its box overlaps the box
+    of a cell whose means dominate it (in both coordinates the dominating cell's upper bound
+    reaches its lower bound); None without a box (one seed)."""
+    out: list[bool | None] = []
+    for i, c in enumerate(cells):
+        if overall[i]:
+            out.append(False)
+        elif not (c["sft_loss"].known and c["dpo_loss"].known):
+            out.append(None)
+        else:
+            out.append(any(_dominates(d, c) and d["sft_loss"].high >= c["sft_loss"].low
+                           and d["dpo_loss"].high >= c["dpo_loss"].low for d in cells))
+    return out
+
+
+def summarize(results: list[TrialResult], anchors: Anchors | None, initial_point: tuple[float, float],
+              reference: tuple[float, float] | None = None, numerics: dict[str, str] | None = None) -> Summary:
+    """Every trial as a row (stable order: schedule, λ, seed), and per (schedule, λ) a cell
+    of seed means with 95 % intervals; fronts and hypervolumes are over the cell means, so
+    no single seed decides them."""
     results = sorted(results, key=lambda r: (r.schedule, r.lam, r.seed, r.trial_id))
-    pts = np.array([[r.sft_loss, r.dpo_loss] for r in results], dtype=float).reshape(-1, 2)
-    overall = front_mask(pts)
-    per_schedule = np.zeros(len(results), dtype=bool)
-    hv = {}
-    for schedule in sorted({r.schedule for r in results}):
-        idx = [i for i, r in enumerate(results) if r.schedule == schedule]
-        per_schedule[idx] = front_mask(pts[idx])
-        hv[schedule] = hypervolume(pts[idx], reference_point)
-    hv["all"] = hypervolume(pts, reference_point)
     seq = _sequential_runtime(results)
     rows = []
-    for i, r in enumerate(results):
+    for r in results:
         g_sft, g_dpo, dist = gaps(r.sft_loss, r.dpo_loss, anchors)
-        base = seq.get(r.lam, math.nan)
-        rows.append(
-            Row(
-                **asdict(r), gap_sft=g_sft, gap_dpo=g_dpo, ideal_distance=dist,
-                runtime_vs_sequential_pct=100.0 * (r.runtime_s / base - 1.0) if base == base else math.nan,
-                on_front=bool(overall[i]), on_schedule_front=bool(per_schedule[i]),
-            )
-        )
-    return Summary(rows=rows, anchors=anchors, reference_point=tuple(reference_point), hypervolume=hv)
+        rows.append(Row(**asdict(r), gap_sft=g_sft, gap_dpo=g_dpo, ideal_distance=dist,
+                        runtime_vs_sequential_pct=_pct(r.runtime_s, seq.get(r.lam, math.nan))))
+    groups: dict[tuple[str, float], list[Row]] = {}
+    for r in rows:
+        groups.setdefault((r.schedule, r.lam), []).append(r)
+    cells = []
+    for (schedule, lam), rs in groups.items():
+        runtime = float(np.mean([r.runtime_s for r in rs]))
+        cells.append({
+            "schedule": schedule, "lam": lam, "seeds": tuple(r.seed for r in rs),
+            **{k: interval95(getattr(r, k) for r in rs) for k in ("sft_loss", "dpo_loss", "gap_sft", "gap_dpo", "ideal_distance")},
+            "pref_accuracy": float(np.mean([r.pref_accuracy for r in rs])), "runtime_s": runtime,
+            "runtime_vs_sequential_pct": _pct(runtime, seq.get(lam, math.nan)),
+        })
+    means = np.array([[c["sft_loss"].mean, c["dpo_loss"].mean] for c in cells], dtype=float).reshape(-1, 2)
+    overall = front_mask(means)
+    per_schedule = np.zeros(len(cells), dtype=bool)
+    ref, rule = hypervolume_reference([[r.sft_loss, r.dpo_loss] for r in rows], initial_point, reference)
+    hv = {}
+    for schedule in sorted({c["schedule"] for c in cells}):
+        idx = [i for i, c in enumerate(cells) if c["schedule"] == schedule]
+        per_schedule[idx] = front_mask(means[idx])
+        hv[schedule] = normalised_hypervolume(means[idx], ref)
+    hv["all"] = normalised_hypervolume(means, ref)
+    flags = _not_separable(cells, overall)
+    cells = [Cell(**c, on_front=bool(overall[i]), on_schedule_front=bool(per_schedule[i]), not_separable=flags[i])
+             for i, c in enumerate(cells)]
+    return Summary(rows=rows, cells=cells, anchors=anchors, initial_point=tuple(initial_point), reference_point=ref,
+                   reference_rule=rule, hypervolume=hv, numerics=dict(numerics or {}))

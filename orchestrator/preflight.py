@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -13,6 +14,7 @@ from orchestrator.config import ConfigError, ExperimentConfig
 from workers.config import EMBEDDED, DatasetSpec, ModelSpec
 
 HUB_TIMEOUT_S = 10
+log = logging.getLogger("rightsweep")
 
 
 def dataset_columns(path: Path) -> list[str] | None:
@@ -49,28 +51,35 @@ def check_dataset(field: str, spec: DatasetSpec) -> None:
         raise ConfigError(f"{field}.columns: {path} has no column(s) {missing}; it has {have}")
 
 
-def check_model(spec: ModelSpec) -> None:
+def check_model(spec: ModelSpec) -> ModelSpec:
     """A hub name must be in the local Hugging Face cache or reachable on the hub: offline,
-    a trial would otherwise fail only once its worker tries to download it."""
+    a trial would otherwise fail only once its worker tries to download it. Returns the
+    spec with a hub revision pinned to its commit, so every trial of a sweep loads the same
+    weights and the reference cache is keyed by them (a branch name goes stale silently)."""
     name = spec.name
     if name == EMBEDDED or Path(name).expanduser().exists():
-        return
+        return spec
     if name.startswith(("/", ".", "~")) or name.count("/") > 1:
         raise ConfigError(f"trial.model.name: {name} does not exist (allowed: 'embedded', a hub name, or a local path)")
     from huggingface_hub import model_info, try_to_load_from_cache
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
-    if isinstance(try_to_load_from_cache(name, "config.json", revision=spec.revision), str):
-        return
     try:
-        model_info(name, revision=spec.revision, timeout=HUB_TIMEOUT_S)
+        commit = model_info(name, revision=spec.revision, timeout=HUB_TIMEOUT_S).sha
     except (RepositoryNotFoundError, RevisionNotFoundError) as e:
         raise ConfigError(f"trial.model.name: {name!r} (revision {spec.revision or 'main'}) is not on the hub: {type(e).__name__}") from None
-    except Exception as e:  # offline mode, DNS, refused or timed-out connections
-        raise ConfigError(
-            f"trial.model.name: {name!r} is neither a local path nor in the Hugging Face cache, and the hub cannot be "
-            f"reached ({type(e).__name__}): it needs network access to the hub, or a local path to a saved model"
-        ) from None
+    except Exception as e:  # offline mode, DNS, refused or timed-out connections: the local cache's copy
+        cached = try_to_load_from_cache(name, "config.json", revision=spec.revision)
+        if not isinstance(cached, str):
+            raise ConfigError(
+                f"trial.model.name: {name!r} is neither a local path nor in the Hugging Face cache, and the hub cannot be "
+                f"reached ({type(e).__name__}): it needs network access to the hub, or a local path to a saved model"
+            ) from None
+        commit = Path(cached).parent.name  # <cache>/models--org--name/snapshots/<commit>/config.json
+    if commit and commit != spec.revision:
+        log.info("trial.model: %s revision %s is commit %s; the sweep uses that commit", name, spec.revision or "main", commit)
+        spec = spec.model_copy(update={"revision": commit})
+    return spec
 
 
 def check_storage(storage: str) -> None:
@@ -86,8 +95,10 @@ def check_storage(storage: str) -> None:
         raise ConfigError(f"storage: {root} {what} ({e.strerror or e}); choose another folder with --set storage=PATH") from None
 
 
-def preflight(cfg: ExperimentConfig) -> None:
-    check_model(cfg.trial.model)
+def preflight(cfg: ExperimentConfig) -> ExperimentConfig:
+    """The checks, in a second; returns the config with the hub revision pinned."""
+    model = check_model(cfg.trial.model)
     check_dataset("trial.data.sft", cfg.trial.data.sft)
     check_dataset("trial.data.pref", cfg.trial.data.pref)
     check_storage(cfg.storage)
+    return cfg.model_copy(update={"trial": cfg.trial.model_copy(update={"model": model})})

@@ -8,63 +8,124 @@ import math
 from dataclasses import asdict
 from pathlib import Path
 
-from orchestrator.pareto import Summary
+from orchestrator.pareto import Cell, Interval, Summary
 
 COLORS = {"sequential": "tab:green", "mix": "tab:purple", "alright": "tab:red", "maxright": "tab:blue"}
-COLUMNS = [
+TRIAL_COLUMNS = [
     ("schedule", "schedule", "{}"), ("λ", "lam", "{:g}"), ("seed", "seed", "{}"),
     ("f_SFT", "sft_loss", "{:.4f}"), ("f_DPO", "dpo_loss", "{:.4f}"),
     ("gap_SFT", "gap_sft", "{:.4f}"), ("gap_DPO", "gap_dpo", "{:.4f}"), ("ideal_dist", "ideal_distance", "{:.4f}"),
     ("pref_acc", "pref_accuracy", "{:.3f}"), ("runtime_s", "runtime_s", "{:.1f}"),
-    ("vs_seq_%", "runtime_vs_sequential_pct", "{:+.1f}"), ("front", "on_front", "{}"),
+    ("vs_seq_%", "runtime_vs_sequential_pct", "{:+.1f}"),
 ]
+CELL_COLUMNS = [
+    ("schedule", "schedule", "{}"), ("λ", "lam", "{:g}"), ("seeds", "seeds", "{}"),
+    ("f_SFT", "sft_loss", "{:.4f}"), ("f_DPO", "dpo_loss", "{:.4f}"),
+    ("gap_SFT", "gap_sft", "{:.4f}"), ("gap_DPO", "gap_dpo", "{:.4f}"), ("ideal_dist", "ideal_distance", "{:.4f}"),
+    ("pref_acc", "pref_accuracy", "{:.3f}"), ("runtime_s", "runtime_s", "{:.1f}"),
+    ("vs_seq_%", "runtime_vs_sequential_pct", "{:+.1f}"), ("front", "front", "{}"),
+]
+
+def front_mark(c: Cell) -> str:
+    """``*`` on the front over seed means; ``~`` dominated only within the 95 % intervals."""
+    return "*" if c.on_front else "~" if c.not_separable else ""
 
 
 def _cell(fmt: str, value) -> str:
-    if isinstance(value, bool):
-        return "*" if value else ""
+    if isinstance(value, Interval):
+        if math.isnan(value.mean):
+            return "-"
+        mean = fmt.format(value.mean)
+        return f"{mean} ± {fmt.format(value.high - value.mean)}" if value.known else mean
+    if isinstance(value, tuple):
+        return str(len(value))
     if isinstance(value, float) and math.isnan(value):
         return "-"
     return fmt.format(value)
 
 
-def format_table(summary: Summary) -> str:
-    header = [c[0] for c in COLUMNS]
-    body = [[_cell(fmt, getattr(r, key)) for _, key, fmt in COLUMNS] for r in summary.rows]
+def _table(columns, records) -> list[str]:
+    header = [c[0] for c in columns]
+    body = [[_cell(fmt, rec(key)) for _, key, fmt in columns] for rec in records]
     widths = [max(len(x) for x in col) for col in zip(header, *body)]
-    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))
+    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
+    return [line(header), line(["-" * w for w in widths]), *map(line, body)]
+
+
+def format_table(summary: Summary) -> str:
+    trials = _table(TRIAL_COLUMNS, [lambda k, r=r: getattr(r, k) for r in summary.rows])
+    cells = _table(CELL_COLUMNS, [lambda k, c=c: front_mark(c) if k == "front" else getattr(c, k) for c in summary.cells])
+    lines = ["trials (every seed):", *trials, "",
+             "per schedule and λ: mean ± half-width of the 95 % interval over seeds (t); front over the means:", *cells, ""]
     a = summary.anchors
-    lines = [line(header), line(["-" * w for w in widths]), *map(line, body), ""]
-    lines.append(f"anchors: f*_SFT={a.f_star_sft:.4f}  f*_DPO={a.f_star_dpo:.4f}   "
-                 f"reference point (initial model): ({summary.reference_point[0]:.4f}, {summary.reference_point[1]:.4f})")
-    lines.append("hypervolume: " + "  ".join(f"{k}={v:.4f}" for k, v in sorted(summary.hypervolume.items())))
-    lines.append("front (*): " + ", ".join(f"{r.schedule}@λ={r.lam:g}" for r in summary.front()))
+    if a is None:
+        lines.append("anchors: none (no f*: gaps and ideal distances are not computed)")
+    else:
+        lines.append(f"anchors: f*_SFT={a.f_star_sft:.4f}  f*_DPO={a.f_star_dpo:.4f}  "
+                     "(per objective, the mean over anchor seeds of each seed's best held-out loss)")
+    ini, ref = summary.initial_point, summary.reference_point
+    lines.append(f"initial model: ({ini[0]:.4f}, {ini[1]:.4f})")
+    lines.append(f"hypervolume, share of [0, {ref[0]:.4f}] × [0, {ref[1]:.4f}] (reference point: {summary.reference_rule}): "
+                 + "  ".join(f"{k}={v:.4f}" for k, v in sorted(summary.hypervolume.items())))
+    lines.append("front (*): " + ", ".join(f"{c.schedule}@λ={c.lam:g}" for c in summary.front()))
+    close = [f"{c.schedule}@λ={c.lam:g}" for c in summary.cells if c.not_separable]
+    if close:
+        lines.append("not separable from the front (~, dominated only within the 95 % intervals): " + ", ".join(close))
+    if any(len(c.seeds) < 2 for c in summary.cells):
+        lines.append("cells with one seed have no interval: their front membership may hinge on that seed")
+    if summary.numerics:
+        lines.append("numerics: " + ", ".join(f"{k}={v}" for k, v in summary.numerics.items()))
     return "\n".join(lines)
+
+
+def cell_record(c: Cell) -> dict:
+    out = {"schedule": c.schedule, "lam": c.lam, "seeds": list(c.seeds), "n": len(c.seeds)}
+    for key in ("sft_loss", "dpo_loss", "gap_sft", "gap_dpo", "ideal_distance"):
+        iv = getattr(c, key)
+        out.update({f"{key}_mean": iv.mean, f"{key}_low": iv.low, f"{key}_high": iv.high})
+    out.update(pref_accuracy=c.pref_accuracy, runtime_s=c.runtime_s, runtime_vs_sequential_pct=c.runtime_vs_sequential_pct,
+               on_front=c.on_front, on_schedule_front=c.on_schedule_front, not_separable=c.not_separable)
+    return out
 
 
 def summary_json(summary: Summary) -> dict:
     return {
-        "anchors": asdict(summary.anchors),
-        "reference_point": list(summary.reference_point),
+        "anchors": asdict(summary.anchors) if summary.anchors else None,
+        "initial_point": list(summary.initial_point),
         "hypervolume": summary.hypervolume,
-        "front": [r.trial_id for r in summary.front()],
+        "hypervolume_reference": {"point": list(summary.reference_point), "rule": summary.reference_rule,
+                                  "normalised_by": "the box from (0, 0) to the reference point"},
+        "front": [f"{c.schedule}@{c.lam:g}" for c in summary.front()],
+        "not_separable": [f"{c.schedule}@{c.lam:g}" for c in summary.cells if c.not_separable],
+        "numerics": summary.numerics,
+        "cells": [cell_record(c) for c in summary.cells],
         "rows": summary.as_records(),
     }
 
 
-def write_artifacts(summary: Summary, trajectories: dict[str, list[dict]], out_dir: str | Path) -> dict[str, Path]:
-    """pareto.csv, pareto.json and pareto.png in ``out_dir``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"csv": out / "pareto.csv", "json": out / "pareto.json", "png": out / "pareto.png"}
-    records = summary.as_records()
-    with open(paths["csv"], "w", newline="") as f:
+def _write_csv(path: Path, records: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(records[0]) if records else ["trial_id"])
         writer.writeheader()
         writer.writerows(records)
+
+
+def write_artifacts(summary: Summary, trajectories: dict[str, list[dict]], out_dir: str | Path) -> dict[str, Path]:
+    """pareto.csv (every trial), pareto_cells.csv (seed means), pareto.json and pareto.png in ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"csv": out / "pareto.csv", "cells": out / "pareto_cells.csv", "json": out / "pareto.json", "png": out / "pareto.png"}
+    _write_csv(paths["csv"], summary.as_records())
+    _write_csv(paths["cells"], [cell_record(c) for c in summary.cells])
     paths["json"].write_text(json.dumps(summary_json(summary), indent=1))
     plot(summary, trajectories, paths["png"])
     return paths
+
+
+def _errors(ivs: list[Interval]) -> list[list[float]]:
+    """Matplotlib's asymmetric error bars, cut at 0 (a loss is never negative); none where
+    there is no interval."""
+    return [[iv.mean - max(iv.low, 0.0) if iv.known else 0.0 for iv in ivs], [iv.high - iv.mean if iv.known else 0.0 for iv in ivs]]
 
 
 def plot(summary: Summary, trajectories: dict[str, list[dict]], path: Path) -> None:
@@ -78,29 +139,44 @@ def plot(summary: Summary, trajectories: dict[str, list[dict]], path: Path) -> N
         traj = [p for p in trajectories.get(r.trial_id, []) if "eval/sft_loss" in p and "eval/dpo_loss" in p]
         if traj:
             ax.plot([p["eval/sft_loss"] for p in traj], [p["eval/dpo_loss"] for p in traj],
-                    color=COLORS.get(r.schedule, "grey"), alpha=0.25, lw=0.8)
-    for schedule in sorted({r.schedule for r in summary.rows}):
-        rows = [r for r in summary.rows if r.schedule == schedule]
-        ax.scatter([r.sft_loss for r in rows], [r.dpo_loss for r in rows], color=COLORS.get(schedule, "grey"),
-                   label=schedule, s=40, zorder=3, edgecolor="white", linewidth=0.5)
+                    color=COLORS.get(r.schedule, "grey"), alpha=0.15, lw=0.7)
+    for schedule in sorted({c.schedule for c in summary.cells}):
+        color = COLORS.get(schedule, "grey")
+        seeds = [r for r in summary.rows if r.schedule == schedule]
+        ax.scatter([r.sft_loss for r in seeds], [r.dpo_loss for r in seeds], color=color, s=8, alpha=0.35, zorder=2)
+        cells = [c for c in summary.cells if c.schedule == schedule]
+        ax.errorbar([c.sft_loss.mean for c in cells], [c.dpo_loss.mean for c in cells],
+                    xerr=_errors([c.sft_loss for c in cells]), yerr=_errors([c.dpo_loss for c in cells]),
+                    fmt="none", ecolor=color, elinewidth=0.9, capsize=2, zorder=3)
+        solid = [c for c in cells if not c.not_separable]
+        ax.scatter([c.sft_loss.mean for c in solid], [c.dpo_loss.mean for c in solid], color=color, label=schedule,
+                   s=44, zorder=4, edgecolor="white", linewidth=0.5)
+        hollow = [c for c in cells if c.not_separable]
+        ax.scatter([c.sft_loss.mean for c in hollow], [c.dpo_loss.mean for c in hollow], facecolor="white",
+                   edgecolor=color, s=44, zorder=4, linewidth=1.2)
         front = summary.front(schedule)
-        ax.plot([r.sft_loss for r in front], [r.dpo_loss for r in front], color=COLORS.get(schedule, "grey"),
-                ls="--", lw=1.0, zorder=2)
-        for r in rows:
-            ax.annotate(f"{r.lam:g}", (r.sft_loss, r.dpo_loss), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.plot([c.sft_loss.mean for c in front], [c.dpo_loss.mean for c in front], color=color, ls="--", lw=1.0, zorder=2)
+        for c in cells:
+            ax.annotate(f"{c.lam:g}", (c.sft_loss.mean, c.dpo_loss.mean), fontsize=7, xytext=(3, 3), textcoords="offset points")
     front = summary.front()
-    ax.plot([r.sft_loss for r in front], [r.dpo_loss for r in front], color="black", lw=1.6, label="Pareto front", zorder=2)
+    ax.plot([c.sft_loss.mean for c in front], [c.dpo_loss.mean for c in front], color="black", lw=1.6,
+            label="Pareto front (seed means)", zorder=2)
     a = summary.anchors
-    ax.scatter([a.f_star_sft], [a.f_star_dpo], marker="*", s=220, color="black", label="ideal point (f*)", zorder=4)
-    ref = summary.reference_point
-    ax.scatter([ref[0]], [ref[1]], marker="x", s=60, color="grey", label="initial model", zorder=4)
-    positive = all(v > 0 for r in summary.rows for v in (r.sft_loss, r.dpo_loss)) and a.f_star_sft > 0 and a.f_star_dpo > 0
-    if positive:
+    if a is not None:
+        ax.scatter([a.f_star_sft], [a.f_star_dpo], marker="*", s=220, color="black", label="ideal point (f*)", zorder=5)
+    ini = summary.initial_point
+    ax.scatter([ini[0]], [ini[1]], marker="x", s=60, color="grey", label="initial model", zorder=5)
+    # Log scales show both ends of the front; the DPO loss gets a linear stretch near 0, where
+    # a DPO-only trial drives it (to 1e-9 and below) and a log axis would spend its height.
+    if all(r.sft_loss > 0 for r in summary.rows) and (a is None or a.f_star_sft > 0):
         ax.set_xscale("log")
-        ax.set_yscale("log")
+    ax.set_yscale("symlog", linthresh=1e-2)
+    ax.set_ylim(bottom=0)
     ax.set_xlabel("held-out SFT loss f_SFT")
     ax.set_ylabel("held-out DPO loss f_DPO")
-    ax.set_title("Final trials in loss space (labels: λ), with trajectories")
+    n = sorted({len(c.seeds) for c in summary.cells})
+    ax.set_title(f"Seed means with 95 % intervals ({'/'.join(map(str, n))} seeds; hollow: not separable from the front),\n"
+                 "single seeds (small dots) and trajectories (labels: λ)", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()

@@ -8,11 +8,16 @@ from orchestrator.pareto import Anchors
 from workers.config import TrialConfig
 
 
-def anchor_points(seed: int) -> list[dict]:
-    """SFT alone and DPO alone, with the sweep's budget: Sequential at λ = 0 and λ = 1."""
+def anchor_points(seeds: list[int]) -> list[dict]:
+    """SFT alone and DPO alone, with the sweep's budget (Sequential at λ = 0 and λ = 1), for
+    every seed of the sweep: f* from one seed would carry that seed's luck into every gap."""
     return [
-        {"stage": "anchor", "objective": "sft", "schedule": "sequential", "lam": 0.0, "seed": seed},
-        {"stage": "anchor", "objective": "dpo", "schedule": "sequential", "lam": 1.0, "seed": seed},
+        point
+        for seed in seeds
+        for point in (
+            {"stage": "anchor", "objective": "sft", "schedule": "sequential", "lam": 0.0, "seed": seed},
+            {"stage": "anchor", "objective": "dpo", "schedule": "sequential", "lam": 1.0, "seed": seed},
+        )
     ]
 
 
@@ -42,18 +47,26 @@ def trial_label(point: dict) -> str:
     return f"{point['schedule']}-lam{point['lam']:g}-seed{point['seed']}"
 
 
-def f_star(objective: str, trajectory: list[dict]) -> float:
-    """f* of one objective = the best held-out loss its single-objective trial reached at
-    any evaluation."""
+def best_loss(objective: str, trajectory: list[dict]) -> float:
+    """The best held-out loss one single-objective trial reached at any evaluation."""
     return min(p[f"eval/{objective}_loss"] for p in trajectory)
 
 
-def anchors_from_trajectories(sft_only: list[dict], dpo_only: list[dict]) -> Anchors:
-    return Anchors(f_star_sft=f_star("sft", sft_only), f_star_dpo=f_star("dpo", dpo_only))
+def f_star(values: list[float]) -> float:
+    """f* of one objective: the mean over anchor seeds of each seed's best held-out loss.
+    Each best is picked on the held-out set it is scored on, so f* is a little optimistic;
+    the mean keeps one lucky seed from deciding it."""
+    return sum(values) / len(values)
+
+
+def anchors_from_trajectories(sft_only: list[list[dict]], dpo_only: list[list[dict]]) -> Anchors:
+    """f* from the SFT-only and DPO-only trials of every anchor seed."""
+    return Anchors(f_star_sft=f_star([best_loss("sft", t) for t in sft_only]),
+                   f_star_dpo=f_star([best_loss("dpo", t) for t in dpo_only]))
 
 
 def sweep_points(schedules: list[str], lams: list[float], seeds: list[int], with_anchors: bool) -> list[dict]:
     """Every trial of a sweep in the order Tune starts them: the anchors first, MAXRIGHT
     last (its trials wait for the anchors' f*; the others need none)."""
     main = sorted(main_points(schedules, lams, seeds), key=lambda p: p["schedule"] == "maxright")
-    return (anchor_points(seeds[0]) if with_anchors else []) + main
+    return (anchor_points(seeds) if with_anchors else []) + main

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import logging
 from pathlib import Path
 
+from orchestrator.mirror import dedupe_steps
 from orchestrator.pareto import Anchors, Summary, summarize
 from orchestrator.report import write_artifacts
-from orchestrator.space import anchors_from_trajectories
-from orchestrator.mirror import dedupe_steps
-from orchestrator.sweep import publish, reference_point, trial_result
+from orchestrator.sweep import finished_anchors, initial_point, publish, trial_result
 from orchestrator.tracking import STAGE_TAG, TRIAL_TAG, Tracker
 
 log = logging.getLogger("rightsweep.pareto")
@@ -37,14 +37,14 @@ def rebuild(tracker: Tracker, out_dir: Path, publish_to_parent: bool = True, fin
     params = parent.data.params
     if "f_star_sft" in params and "f_star_dpo" in params:
         anchors = Anchors(float(params["f_star_sft"]), float(params["f_star_dpo"]))
-    else:
-        by_lam = {point["lam"]: traj for point, traj in anchors_traj.values()}
-        if 0.0 not in by_lam or 1.0 not in by_lam:
-            raise LookupError("no f* on the sweep run and no finished anchor trials to estimate it")
-        anchors = anchors_from_trajectories(by_lam[0.0], by_lam[1.0])
+    else:  # an interrupted sweep: f* from the anchor trials that finished (Sequential at λ = 0 is SFT alone)
+        anchors = finished_anchors([({**point, "objective": "sft" if point["lam"] == 0.0 else "dpo"}, traj)
+                                    for point, traj in anchors_traj.values()])
     results = [trial_result(tid, point, traj) for tid, (point, traj) in main.items()]
     all_traj = [traj for _, traj in [*main.values(), *anchors_traj.values()]]
-    summary = summarize(results, anchors, reference_point(all_traj))
+    given = params.get("sweep.hypervolume_reference", "None")
+    numerics = {k.removeprefix("numerics."): v for k, v in params.items() if k.startswith("numerics.")}
+    summary = summarize(results, anchors, initial_point(all_traj), None if given == "None" else ast.literal_eval(given), numerics)
     write_artifacts(summary, {tid: traj for tid, (_, traj) in main.items()}, out_dir)
     if publish_to_parent:
         publish(tracker, parent.info.run_id, summary, out_dir, ok=parent.info.status == "FINISHED" if finished is None else finished)

@@ -51,11 +51,21 @@ def trial_result(trial_id: str, point: dict, trajectory: list[dict]) -> TrialRes
     )
 
 
-def reference_point(trajectories: list[list[dict]]) -> tuple[float, float]:
+def initial_point(trajectories: list[list[dict]]) -> tuple[float, float]:
     """The initial model's losses (every trial starts from the same base, so any step-0
     point; the worst of them if they differ by float noise)."""
     starts = [t[0] for t in trajectories if t and int(t[0]["step"]) == 0]
     return (max(p["eval/sft_loss"] for p in starts), max(p["eval/dpo_loss"] for p in starts))
+
+
+def finished_anchors(anchor_trials: list[tuple[dict, list[dict]]]) -> Anchors | None:
+    """f* from the anchor trials that finished (every seed's); None unless both objectives have one."""
+    by_objective: dict[str, list[list[dict]]] = {"sft": [], "dpo": []}
+    for point, traj in anchor_trials:
+        by_objective[point["objective"]].append(traj)
+    if not by_objective["sft"] or not by_objective["dpo"]:
+        return None
+    return anchors_from_trajectories(by_objective["sft"], by_objective["dpo"])
 
 
 def max_concurrent(cfg: ExperimentConfig, n_trials: int) -> int:
@@ -140,12 +150,14 @@ def run_sweep(cfg: ExperimentConfig, resume: bool = False) -> Summary:
     # and the shared inputs are built: none needs the others, and all come before a trial.
     with ThreadPoolExecutor(max_workers=1) as pool:
         opening = pool.submit(open_tracker, cfg, uri)
-        connect_and_prepare(cfg.trial, cfg.resources)
+        numerics = connect_and_prepare(cfg.trial, cfg.resources)
         tracker = opening.result()
+    log.info("numerics: %s", ", ".join(f"{k}={v}" for k, v in numerics.items()))
     with tracking_errors(uri):  # only now: a sweep refused above leaves no run behind
-        parent_id = tracker.start_parent(cfg.name, redact(flatten(cfg.model_dump())), state.get("parent_run_id"))
+        params = {**redact(flatten(cfg.model_dump())), **{f"numerics.{k}": v for k, v in numerics.items()}}
+        parent_id = tracker.start_parent(cfg.name, params, state.get("parent_run_id"))
     # What `rightsweep sync` needs to mirror this sweep later: its run and its config.
-    state.update(parent_run_id=parent_id, tracking_uri=redact_text(uri), config=redact(cfg.model_dump()))
+    state.update(parent_run_id=parent_id, tracking_uri=redact_text(uri), config=redact(cfg.model_dump()), numerics=numerics)
     state_file.write_text(json.dumps(state, indent=1))
     log.info("MLflow: experiment %r, parent run %s, store %s", cfg.name, parent_id, redact_text(uri))
 
@@ -155,18 +167,20 @@ def run_sweep(cfg: ExperimentConfig, resume: bool = False) -> Summary:
     given = Anchors(cfg.trial.train.f_star_sft, cfg.trial.train.f_star_dpo) if cfg.anchors_given else None
     sync = MlflowSync(uri, cfg.name, cfg.storage, parent_id, {trial_label(p): trial_params(cfg, p) for p in points})
     done, failed = run_grid(cfg, points, given, sync, resume)
-    by_objective = {point["objective"]: traj for point, traj in done.values() if point["stage"] == "anchor"}
-    if given is None and set(by_objective) != {"sft", "dpo"}:
-        raise RuntimeError(f"anchor trials failed ({failed}); f* cannot be estimated")
-    anchors = given or anchors_from_trajectories(by_objective["sft"], by_objective["dpo"])
-    log.info("anchors: f*_SFT=%.4f f*_DPO=%.4f", anchors.f_star_sft, anchors.f_star_dpo)
-    state.update(asdict(anchors))
+    anchors = given or finished_anchors([(point, traj) for point, traj in done.values() if point["stage"] == "anchor"])
+    if anchors is None:
+        log.warning("no f*: %s; gaps and ideal distances are not computed",
+                    "sweep.anchors is off and trial.train gives none" if not cfg.sweep.anchors else f"anchor trials failed ({failed})")
+    else:
+        log.info("anchors: f*_SFT=%.4f f*_DPO=%.4f", anchors.f_star_sft, anchors.f_star_dpo)
+        state.update(asdict(anchors))
     main = {tid: (point, traj) for tid, (point, traj) in done.items() if point["stage"] == "main"}
     if not main:
         raise RuntimeError(f"every trial of the sweep failed: {failed}")
     main_traj = {tid: traj for tid, (_, traj) in main.items()}
     results = [trial_result(tid, point, traj) for tid, (point, traj) in main.items()]
-    summary = summarize(results, anchors, reference_point([traj for _, traj in done.values()]))
+    summary = summarize(results, anchors, initial_point([traj for _, traj in done.values()]),
+                        cfg.sweep.hypervolume_reference, numerics)
 
     state.update(finished=True, failed=failed)
     state_file.write_text(json.dumps(state, indent=1))
@@ -205,12 +219,15 @@ def open_tracker(cfg: ExperimentConfig, uri: str):
 
 
 def publish(tracker, parent_id: str, summary: Summary, report_dir: Path, ok: bool = True) -> None:
-    """The sweep's artifacts, f* and hypervolumes on the parent run, and its end."""
+    """The sweep's artifacts, f*, hypervolumes and their reference point on the parent run, and its end."""
     for f in sorted(report_dir.iterdir()):
         tracker.client.log_artifact(parent_id, str(f))
     from mlflow.entities import Metric
 
-    tracker.log_params(parent_id, {"f_star_sft": summary.anchors.f_star_sft, "f_star_dpo": summary.anchors.f_star_dpo})
+    if summary.anchors is not None:
+        tracker.log_params(parent_id, {"f_star_sft": summary.anchors.f_star_sft, "f_star_dpo": summary.anchors.f_star_dpo})
+    ref = summary.reference_point
+    tracker.log_params(parent_id, {"hypervolume_reference": f"({ref[0]:.6g}, {ref[1]:.6g}): {summary.reference_rule}"})
     now = int(time.time() * 1000)
     tracker.client.log_batch(parent_id, metrics=[Metric(f"hypervolume/{k}", v, now, 0) for k, v in summary.hypervolume.items()])
     tracker.finish(parent_id, ok)

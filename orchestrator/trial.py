@@ -12,22 +12,26 @@ from pathlib import Path
 
 from orchestrator.config import ExperimentConfig, Resources
 from orchestrator.pareto import Anchors
-from orchestrator.space import apply_point, f_star, trial_label
+from orchestrator.space import apply_point, best_loss, f_star, trial_label
 from workers.config import ConfigError, TrialConfig
 
 log = logging.getLogger("rightsweep")
 
 
-def _prepare(trial: dict, world_size: int) -> None:
+def _prepare(trial: dict, world_size: int) -> dict[str, str]:
+    """Build and check the shared inputs; returns what the trials' numbers depend on
+    besides the config (``workers.loop.numerics``), for the sweep's record."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from workers.data import BatchStream
-    from workers.loop import load_inputs
+    from workers.loop import load_inputs, numerics
     from workers.model import add_lora, model_path
 
     cfg = TrialConfig.model_validate(trial)
-    _, sft_train, _, pref_train, _ = load_inputs(cfg, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.set_num_threads(cfg.threads)  # the reference log-probs are computed as a trial would
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    _, sft_train, _, pref_train, _ = load_inputs(cfg, device)
     for ds in (sft_train, pref_train):  # each worker's share must fill a batch
         BatchStream(ds, cfg.train.batch_size, 0, collate=None, world_size=world_size)
     if cfg.model.lora is not None:  # the adapters' targets must exist; a weightless model shows it
@@ -35,9 +39,10 @@ def _prepare(trial: dict, world_size: int) -> None:
         config = AutoConfig.from_pretrained(model_path(m, cfg.cache_dir), revision=m.revision, trust_remote_code=m.trust_remote_code)
         with torch.device("meta"):
             add_lora(AutoModelForCausalLM.from_config(config, trust_remote_code=m.trust_remote_code), m)
+    return numerics(cfg, device)
 
 
-def prepare_shared(trial: TrialConfig, resources: Resources) -> None:
+def prepare_shared(trial: TrialConfig, resources: Resources) -> dict[str, str]:
     """Before any trial, once: build the embedded assets and the reference log-probs, and
     read the inputs far enough to refuse what the config alone could not show (no row fits
     max_len, LoRA targets match nothing, the model cannot be loaded) as a ``ConfigError``.
@@ -49,13 +54,14 @@ def prepare_shared(trial: TrialConfig, resources: Resources) -> None:
     task = ray.remote(_prepare).options(num_cpus=need.pop("CPU"), num_gpus=need.pop("GPU", 0), resources=need, max_retries=0)
     started = time.perf_counter()
     try:
-        ray.get(task.remote(trial.model_dump(), max(resources.num_workers, 1)))
+        provenance = ray.get(task.remote(trial.model_dump(), max(resources.num_workers, 1)))
     except ConfigError as e:  # Ray's error subclasses the worker's: report the worker's own message
         raise ConfigError(str(getattr(e, "cause", e))) from None
     log.info("shared inputs ready (embedded assets, reference log-probs) in %.1fs", time.perf_counter() - started)
+    return provenance
 
 
-def connect_and_prepare(trial: TrialConfig, resources: Resources) -> None:
+def connect_and_prepare(trial: TrialConfig, resources: Resources) -> dict[str, str]:
     """Connect to Ray (or start a private local one), check that a trial fits, and build the
     shared inputs. When this process starts the Ray, the machine that builds them is this
     one, so they are built in a process of their own while Ray starts instead of after
@@ -65,16 +71,16 @@ def connect_and_prepare(trial: TrialConfig, resources: Resources) -> None:
     if not will_start_locally():
         connect()
         check_fits(resources)
-        prepare_shared(trial, resources)
-        return
+        return prepare_shared(trial, resources)
     started = time.perf_counter()
     with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
         preparing = pool.submit(_prepare, trial.model_dump(), max(resources.num_workers, 1))
         connect()
         check_fits(resources)
-        preparing.result()
+        provenance = preparing.result()
     log.info("shared inputs ready (embedded assets, reference log-probs) in %.1fs, built while Ray started",
              time.perf_counter() - started)
+    return provenance
 
 
 def build_trainer(trial: TrialConfig, resources: Resources, name: str, storage: str, callbacks=()):
@@ -107,8 +113,8 @@ def tune_trial(config: dict, experiment: dict, anchors: dict | None) -> None:
 
     With ``num_workers=0`` the loop runs right here (Ray Train local mode) and reports
     through ``ray.tune``; with workers, ``TuneReportCallback`` forwards rank 0's reports.
-    ``anchors`` is f* when the config gives it; otherwise an anchor trial publishes its f*
-    on storage when it ends, and a MAXRIGHT trial waits for both.
+    ``anchors`` is f* when the config gives it; otherwise an anchor trial publishes its best
+    loss on storage when it ends, and a MAXRIGHT trial waits for every anchor seed's.
     """
     import ray.tune
 
@@ -117,9 +123,9 @@ def tune_trial(config: dict, experiment: dict, anchors: dict | None) -> None:
     trial_id = ray.tune.get_context().get_trial_id()
     sweep_dir = Path(cfg.storage) / cfg.name
     if point["stage"] == "anchor":
-        anchor_file(sweep_dir, point["objective"]).unlink(missing_ok=True)  # a rerun's, not an old failure
+        anchor_file(sweep_dir, point["objective"], point["seed"]).unlink(missing_ok=True)  # a rerun's, not an old failure
     if anchors is None and point["schedule"] == "maxright":
-        anchors = wait_for_anchors(sweep_dir)
+        anchors = wait_for_anchors(sweep_dir, cfg.sweep.seeds)
     trial = apply_point(cfg.trial, point, Anchors(**anchors) if anchors else None, cfg.sweep.per_schedule)
     trial = trial.model_copy(update={"output_dir": str(sweep_dir / "trials" / trial_id)})
     callbacks = []
@@ -133,36 +139,39 @@ def tune_trial(config: dict, experiment: dict, anchors: dict | None) -> None:
             raise result.error
     except BaseException as e:
         if point["stage"] == "anchor":
-            publish_anchor(sweep_dir, point["objective"], {"error": f"{trial_label(point)} failed: {e}"[:2000]})
+            publish_anchor(sweep_dir, point["objective"], point["seed"], {"error": f"{trial_label(point)} failed: {e}"[:2000]})
         raise
     if point["stage"] == "anchor":
         points = json.loads((Path(trial.output_dir) / "trajectory.json").read_text())["points"]
-        publish_anchor(sweep_dir, point["objective"], {"f_star": f_star(point["objective"], points)})
+        publish_anchor(sweep_dir, point["objective"], point["seed"], {"best": best_loss(point["objective"], points)})
 
 
-def anchor_file(sweep_dir: Path, objective: str) -> Path:
-    return sweep_dir / "anchors" / f"{objective}.json"
+def anchor_file(sweep_dir: Path, objective: str, seed: int) -> Path:
+    return sweep_dir / "anchors" / f"{objective}-seed{seed}.json"
 
 
-def publish_anchor(sweep_dir: Path, objective: str, content: dict) -> None:
-    path = anchor_file(sweep_dir, objective)
+def publish_anchor(sweep_dir: Path, objective: str, seed: int, content: dict) -> None:
+    path = anchor_file(sweep_dir, objective, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(content))
     tmp.replace(path)  # atomic: a waiting trial reads all of it or nothing
 
 
-def wait_for_anchors(sweep_dir: Path, poll_s: float = 0.5) -> dict:
-    """f* from both anchor trials, once they have ended (they start before any MAXRIGHT
-    trial, so this ends); an anchor's failure fails the waiting trial too."""
-    found: dict[str, dict] = {}
-    while len(found) < 2:
-        for objective in ("sft", "dpo"):
-            path = anchor_file(sweep_dir, objective)
-            if objective not in found and path.exists():
-                found[objective] = json.loads(path.read_text())
+def wait_for_anchors(sweep_dir: Path, seeds: list[int], poll_s: float = 0.5) -> dict:
+    """f* from every anchor trial (both objectives, every seed), once they have ended (they
+    start before any MAXRIGHT trial, so this ends); an anchor's failure fails the waiting
+    trial too."""
+    wanted = [(objective, seed) for seed in seeds for objective in ("sft", "dpo")]
+    found: dict[tuple[str, int], dict] = {}
+    while len(found) < len(wanted):
+        for key in wanted:
+            path = anchor_file(sweep_dir, *key)
+            if key not in found and path.exists():
+                found[key] = json.loads(path.read_text())
         if errors := [a["error"] for a in found.values() if "error" in a]:
             raise RuntimeError(f"f* cannot be estimated: {'; '.join(errors)}")
-        if len(found) < 2:
+        if len(found) < len(wanted):
             time.sleep(poll_s)
-    return {"f_star_sft": found["sft"]["f_star"], "f_star_dpo": found["dpo"]["f_star"]}
+    best = {objective: [a["best"] for (o, _), a in found.items() if o == objective] for objective in ("sft", "dpo")}
+    return {"f_star_sft": f_star(best["sft"]), "f_star_dpo": f_star(best["dpo"])}

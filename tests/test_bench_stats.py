@@ -12,13 +12,13 @@ def trial(schedule, lam, seed, sft, dpo, train_s=9.0, eval_s=1.0, mem=500.0, **e
             "train_s": train_s, "eval_s": eval_s, "peak_mem_mb": mem, **extra}
 
 
-def test_f_star_is_the_best_loss_of_any_anchor_trial():
+def test_f_star_is_the_mean_over_seeds_of_each_anchors_best():
     anchors = [
-        {"objective": "sft", "best_sft_loss": 0.30, "best_dpo_loss": 9.0},
-        {"objective": "sft", "best_sft_loss": 0.25, "best_dpo_loss": 9.0},
-        {"objective": "dpo", "best_sft_loss": 0.01, "best_dpo_loss": 0.05},  # an SFT loss here is not f*_SFT
+        {"objective": "sft", "seed": 0, "best_sft_loss": 0.30, "best_dpo_loss": 9.0},
+        {"objective": "sft", "seed": 1, "best_sft_loss": 0.25, "best_dpo_loss": 9.0},
+        {"objective": "dpo", "seed": 0, "best_sft_loss": 0.01, "best_dpo_loss": 0.05},  # an SFT loss here is not f*_SFT
     ]
-    assert stats.f_star(anchors) == (0.25, 0.05)
+    assert stats.f_star(anchors) == pytest.approx((0.275, 0.05))
     with pytest.raises(ValueError):
         stats.f_star(anchors[:2])
 
@@ -72,7 +72,7 @@ def test_claims_report_where_an_ordering_fails():
     assert verdicts["MAXRIGHT runtime vs Sequential is -4 % … +11 %"] is False
     assert verdicts["Mix costs more than ALRIGHT and MAXRIGHT at every λ"] is False
     assert verdicts["Every joint schedule ends closer to the ideal point than Sequential, at every λ"] is True
-    assert verdicts["At λ = 0.5 MAXRIGHT ends closer to the ideal point than ALRIGHT"] is False
+    assert verdicts["At λ = 0.5 MAXRIGHT ends closer to the ideal point than ALRIGHT"] is None  # one seed: no interval
     assert verdicts["At λ = 0.5 every joint schedule ends far closer to the ideal point than Sequential"] is True
 
 
@@ -84,3 +84,16 @@ def test_a_difference_within_the_seeds_spread_is_not_a_verdict():
     cells = stats.table(stats.derive(trials, star=(0.0, 0.0)))
     claim = next(c for c in stats.claims(cells, [0.5]) if c["claim"].startswith("At λ = 0.5 MAXRIGHT"))
     assert claim["holds"] is None
+
+
+def test_intervals_apart_are_a_verdict():
+    """ALRIGHT 0.40, 0.41, 0.42 (ideal distance ×√2) against MAXRIGHT 0.60, 0.61, 0.62: the
+    95 % intervals (half-width 4.303·0.01·√2/√3 ≈ 0.035) are far apart."""
+    trials = [trial("seq_dpo_sft", 0.5, s, sft=2.0, dpo=2.0) for s in (0, 1, 2)]
+    trials += [trial("mix", 0.5, s, sft=0.2, dpo=0.2) for s in (0, 1, 2)]
+    trials += [trial("alright", 0.5, s, sft=v, dpo=v) for s, v in enumerate([0.40, 0.41, 0.42])]
+    trials += [trial("maxright", 0.5, s, sft=v, dpo=v) for s, v in enumerate([0.60, 0.61, 0.62])]
+    cells = stats.table(stats.derive(trials, star=(0.0, 0.0)))
+    assert stats.half95(cells[("alright", 0.5)], "ideal_distance") == pytest.approx(4.302653 * 0.01 * math.sqrt(2) / math.sqrt(3), rel=1e-4)
+    claim = next(c for c in stats.claims(cells, [0.5]) if c["claim"].startswith("At λ = 0.5 MAXRIGHT"))
+    assert claim["holds"] is False

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from orchestrator.config import PRESETS, ConfigError, load_config, parse_override
-from orchestrator.space import apply_point, f_star, main_points, sweep_points
+from orchestrator.space import anchors_from_trajectories, apply_point, best_loss, main_points, sweep_points
 from orchestrator.pareto import Anchors
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +33,10 @@ def test_default_sweep_is_the_issue_grid():
     cfg = load_config("default")
     assert cfg.sweep.schedules == ["sequential", "mix", "alright", "maxright"]
     assert cfg.sweep.lams == [0.25, 0.5, 0.75] and cfg.sweep.anchors
-    assert len(main_points(cfg.sweep.schedules, cfg.sweep.lams, cfg.sweep.seeds)) == 12
+    assert cfg.sweep.seeds == [0, 1, 2], "fronts over seed means: no single seed decides them"
+    assert len(main_points(cfg.sweep.schedules, cfg.sweep.lams, cfg.sweep.seeds)) == 36
+    assert cfg.trial.threads == 1, "a trial's torch threads are resources.cpus_per_worker"
+    assert load_config("default", ["resources.cpus_per_worker=2"]).trial.threads == 2
 
 
 def test_cluster_yaml_passes_rays_own_checks():
@@ -77,18 +80,23 @@ def test_overrides_parse_yaml_values():
 
 def test_sweep_points_start_with_the_anchors_and_end_with_maxright():
     points = sweep_points(["maxright", "mix"], [0.25, 0.75], [3, 4], with_anchors=True)
-    assert [(p["stage"], p.get("objective"), p["seed"]) for p in points[:2]] == [("anchor", "sft", 3), ("anchor", "dpo", 3)]
-    assert [(p["schedule"], p["lam"], p["seed"]) for p in points[2:]] == [
+    # Anchors for every seed: f* from one seed carried that seed's luck into every gap.
+    assert [(p["stage"], p.get("objective"), p["seed"]) for p in points[:4]] == [
+        ("anchor", "sft", 3), ("anchor", "dpo", 3), ("anchor", "sft", 4), ("anchor", "dpo", 4)]
+    assert [(p["schedule"], p["lam"], p["seed"]) for p in points[4:]] == [
         ("mix", 0.25, 3), ("mix", 0.25, 4), ("mix", 0.75, 3), ("mix", 0.75, 4),
         ("maxright", 0.25, 3), ("maxright", 0.25, 4), ("maxright", 0.75, 3), ("maxright", 0.75, 4),
     ]
     assert sweep_points(["mix"], [0.5], [0], with_anchors=False) == [{"stage": "main", "schedule": "mix", "lam": 0.5, "seed": 0}]
 
 
-def test_f_star_is_the_best_evaluation_of_the_objective():
-    trajectory = [{"eval/sft_loss": 2.0, "eval/dpo_loss": 0.7}, {"eval/sft_loss": 1.5, "eval/dpo_loss": 0.9},
-                  {"eval/sft_loss": 1.75, "eval/dpo_loss": 0.8}]
-    assert (f_star("sft", trajectory), f_star("dpo", trajectory)) == (1.5, 0.7)
+def test_f_star_is_the_mean_over_anchor_seeds_of_each_seeds_best():
+    seed0 = [{"eval/sft_loss": 2.0, "eval/dpo_loss": 0.7}, {"eval/sft_loss": 1.5, "eval/dpo_loss": 0.9},
+             {"eval/sft_loss": 1.75, "eval/dpo_loss": 0.8}]
+    seed1 = [{"eval/sft_loss": 2.5, "eval/dpo_loss": 0.6}, {"eval/sft_loss": 1.0, "eval/dpo_loss": 0.3}]
+    assert (best_loss("sft", seed0), best_loss("dpo", seed0)) == (1.5, 0.7)
+    # SFT: best 1.5 (seed 0) and 1.0 (seed 1) -> 1.25; DPO from the DPO-only runs: 0.7 and 0.3 -> 0.5
+    assert anchors_from_trajectories([seed0, seed1], [seed0, seed1]) == Anchors(1.25, 0.5)
 
 
 def test_apply_point_sets_the_trial_and_f_star():

@@ -4,17 +4,20 @@ import numpy as np
 import pytest
 import torch
 
-from workers.config import DatasetSpec
+from workers.config import DatasetSpec, TrialConfig
 from workers.data import (
     BatchStream,
+    Rows,
     TokenTable,
     collate_pairs,
     collate_sft,
     eval_batches,
-    load_split_tokenized,
+    load_split,
     load_table,
-    tokenize_pairs,
-    tokenize_sft,
+    load_tokenized,
+    read_rows,
+    split_by_prompt,
+    tokenize,
 )
 
 
@@ -22,19 +25,65 @@ def response_text(tokenizer, ids, mask):
     return tokenizer.decode([t for t, m in zip(ids, mask) if m])
 
 
+def prompt_text(tokenizer, ids, mask):
+    return tokenizer.decode([t for t, m in zip(ids, mask) if not m])
+
+
+def gpt2_style_tokenizer(texts):
+    """A GPT-2-style byte-level BPE (a space starts a word: 'Ġ4'), trained here offline."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=1000, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+
+
 def test_alpaca_input_is_in_prompt_and_only_response_carries_loss(shared_fixture, tokenizer):
     path = shared_fixture("alpaca_tiny.json")
     spec = DatasetSpec(source=str(path)).resolved("sft")
     table = load_table(spec.source, "train")
-    rows = list(table)
-    assert sum(bool(r["input"].strip()) for r in rows) == 46
-    encoded, counts = tokenize_sft(table, spec, tokenizer, max_len=4096)
+    raw = list(table)
+    assert sum(bool(r["input"].strip()) for r in raw) == 46
+    encoded, counts = tokenize(read_rows(table, spec, "sft"), "sft", tokenizer, max_len=4096)
     assert counts.rows == 100 and counts.truncated == 0 and counts.dropped == 0
-    for row, ids, mask in zip(rows, encoded["input_ids"], encoded["loss_mask"]):
-        prompt = tokenizer.decode([t for t, m in zip(ids, mask) if not m])
-        assert prompt == f"User: {row['instruction']}" + (f"\n\n{row['input']}" if row["input"].strip() else "") + "\nAssistant: "
-        assert response_text(tokenizer, ids, mask) == row["output"] + tokenizer.eos_token
+    for row, ids, mask in zip(raw, encoded["input_ids"], encoded["loss_mask"]):
+        prompt = f"User: {row['instruction']}" + (f"\n\n{row['input']}" if row["input"].strip() else "") + "\nAssistant: "
+        # The prompt's tokens are a prefix of the prompt; the seam token (the space and the
+        # response's first characters) is the response's.
+        assert prompt.startswith(prompt_text(tokenizer, ids, mask))
+        assert prompt_text(tokenizer, ids, mask) + response_text(tokenizer, ids, mask) == prompt + row["output"] + tokenizer.eos_token
+        assert response_text(tokenizer, ids, mask).strip().startswith(row["output"].strip()[:1])
         assert mask[0] == 0 and mask[-1] == 1 and ids[-1] == tokenizer.eos_token_id
+
+
+def test_training_ids_are_the_ids_of_the_full_text(shared_fixture, tokenizer):
+    """Prompt and response tokenized as one text, as in pre-training: tokenized apart, the
+    prompt ended in a lone space token and '42' became '4','2' instead of 'Ġ4','2'. With the
+    embedded tokenizer and with a GPT-2-style byte-level BPE, on Alpaca rows and preference
+    pairs, every training sequence is exactly the full text's ids plus EOS."""
+    alpaca = DatasetSpec(source=str(shared_fixture("alpaca_tiny.json"))).resolved("sft")
+    stack = DatasetSpec(source=str(shared_fixture("stack_exchange_paired_tiny.json")), preset="custom",
+                        columns={"prompt": "question", "chosen": "response_j", "rejected": "response_k"}).resolved("pref")
+    sft_rows = read_rows(load_table(alpaca.source, "train"), alpaca, "sft")
+    pair_rows = read_rows(load_table(stack.source, "train"), stack, "pref")
+    embedded_rows = Rows(["User: what comes after 41\nAssistant: "], [("42",)])
+    gpt2 = gpt2_style_tokenizer([p + r[0] for p, r in zip(sft_rows.prompts, sft_rows.responses)] + ["Assistant: 42"])
+    for tok in (tokenizer, gpt2):
+        for rows, kind in ((sft_rows, "sft"), (pair_rows, "pref"), (embedded_rows, "sft")):
+            table, counts = tokenize(rows, kind, tok, max_len=100_000)
+            assert counts.rows == len(rows) and counts.dropped == 0
+            columns = [("input_ids", "loss_mask")] if kind == "sft" else [("chosen_ids", "chosen_mask"), ("rejected_ids", "rejected_mask")]
+            for k, (ids_col, mask_col) in enumerate(columns):
+                for prompt, responses, ids, mask in zip(rows.prompts, rows.responses, table[ids_col], table[mask_col]):
+                    assert ids.tolist() == tok(prompt + responses[k])["input_ids"] + [tok.eos_token_id]
+                    n_prompt = int((mask == 0).sum())
+                    assert mask[:n_prompt].sum() == 0 and mask[n_prompt:].all(), "the prompt is a prefix"
+                    assert prompt.startswith(tok.decode(ids[:n_prompt].tolist()))
 
 
 def test_stack_exchange_through_column_mapping_counts_truncation(shared_fixture, tokenizer):
@@ -45,20 +94,17 @@ def test_stack_exchange_through_column_mapping_counts_truncation(shared_fixture,
     table = load_table(spec.source, "train")
     assert len(table) == 25
     max_len = 512
+    full = [(tokenizer(spec.template.replace("{prompt}", q) + c)["input_ids"], tokenizer(spec.template.replace("{prompt}", q) + r)["input_ids"])
+            for q, c, r in zip(table["question"], table["response_j"], table["response_k"])]
     prompt_lens = [len(tokenizer(spec.template.replace("{prompt}", q))["input_ids"]) for q in table["question"]]
-    full_lens = [
-        max(len(tokenizer(spec.template.replace("{prompt}", q) + c)["input_ids"]), len(tokenizer(spec.template.replace("{prompt}", q) + r)["input_ids"]))
-        for q, c, r in zip(table["question"], table["response_j"], table["response_k"])
-    ]
     expected_dropped = sum(p >= max_len for p in prompt_lens)
     assert 0 < expected_dropped < 25, "fixture should have some prompts longer than max_len"
-    pairs, counts = tokenize_pairs(table, spec, tokenizer, max_len=max_len)
-    assert counts.dropped == expected_dropped
-    assert counts.rows == 25 - expected_dropped == len(pairs)
-    # Every kept pair whose untruncated length exceeds max_len counts as truncated.
-    expected_truncated = sum(f + 1 > max_len for f, p in zip(full_lens, prompt_lens) if p < max_len)
+    pairs, counts = tokenize(read_rows(table, spec, "pref"), "pref", tokenizer, max_len=max_len)
+    # The prompt's share of the joint text is its own tokens, less the seam token at most.
+    assert abs(counts.dropped - expected_dropped) <= 1
+    assert counts.rows == 25 - counts.dropped == len(pairs)
     assert counts.truncated > 0
-    assert abs(counts.truncated - expected_truncated) <= 2  # BPE merges across the prompt/response seam
+    assert counts.truncated <= sum(max(len(c), len(r)) + 1 > max_len for c, r in full)
     for col in ("chosen_ids", "rejected_ids"):
         assert all(len(s) <= max_len for s in pairs[col])
     for ids, mask in zip(pairs["chosen_ids"], pairs["chosen_mask"]):
@@ -75,23 +121,46 @@ def test_hh_schema_file_and_held_out_split(tmp_path, tokenizer):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     spec = DatasetSpec(source=str(path), eval_size=5).resolved("pref")
     assert spec.template == "{prompt}"
-    train, held = load_split_tokenized(spec, "pref", tokenizer, max_len=64, seed=0, cache_dir=str(tmp_path))
+    split = load_split(spec, "pref", seed=0, cache_dir=str(tmp_path))
+    train, held = tokenize(split.train, "pref", tokenizer, 64)[0], tokenize(split.held, "pref", tokenizer, 64)[0]
     assert len(train) == 25 and len(held) == 5
-    decode = lambda table: {tokenizer.decode(ids) for ids in table["chosen_ids"]}
+    decode = lambda table: {tokenizer.decode(ids) for ids in table["chosen_ids"]}  # noqa: E731
     assert not decode(train) & decode(held), "held-out pairs must not be training pairs"
     ids, mask = held["chosen_ids"][0], held["chosen_mask"][0]
     assert tokenizer.decode(ids).startswith("\n\nHuman: question")
     assert response_text(tokenizer, ids, mask).startswith(" good ")
 
 
-def test_missing_column_and_missing_file_are_clear(tmp_path, tokenizer):
-    path = tmp_path / "bad.jsonl"
-    path.write_text(json.dumps({"instruction": "x", "answer": "y"}) + "\n")
-    spec = DatasetSpec(source=str(path)).resolved("sft")
-    with pytest.raises(ValueError, match=r"has no column\(s\) \['input', 'output'\]"):
-        tokenize_sft(load_table(spec.source, "train"), spec, tokenizer, 32)
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_table(str(tmp_path / "nope.json"), "train")
+def test_split_is_by_prompt_and_drops_exact_duplicates():
+    """Rows: p0 ×2 identical (one is a duplicate), p1 with two different responses, p2..p5
+    once. Holding out 3 rows takes whole prompts; no held-out prompt keeps a training row."""
+    rows = Rows(["p0", "p0", "p1", "p1", "p2", "p3", "p4", "p5"], [("a",), ("a",), ("b",), ("c",), ("d",), ("e",), ("f",), ("g",)])
+    for seed in range(20):
+        train, held, counts = split_by_prompt(rows, eval_size=3, seed=seed, field="trial.data.sft")
+        assert counts.duplicates == 1 and counts.shared_prompt == 2
+        assert len(held) == 3 and not set(held.prompts) & set(train.prompts)
+        assert len(train) + len(held) + counts.unused == 7
+        assert counts.held_prompts == len(set(held.prompts))
+    with pytest.raises(ValueError, match="trial.data.sft.eval_size: the data has 6 distinct prompts"):
+        split_by_prompt(rows, eval_size=7, seed=0, field="trial.data.sft")
+
+
+def test_embedded_held_out_prompts_are_unseen(cache_dir, tokenizer):
+    """On the embedded data every held-out prompt (64 per dataset) is absent from both
+    training sets and from the base model's pre-training text: index splits left 63 of 64
+    SFT and 64 of 64 preference held-out rows as copies of training rows."""
+    from workers.embedded import RECIPE, _warmup_texts
+
+    data = TrialConfig.model_validate({"cache_dir": cache_dir, "data": {"max_len": 64}}).resolved().data
+    sft_train, sft_eval, pref_train, pref_eval = load_tokenized(data, tokenizer, cache_dir)
+    prompts = lambda t, ids, m: {prompt_text(tokenizer, a, b) for a, b in zip(t[ids], t[m])}  # noqa: E731
+    held = prompts(sft_eval, "input_ids", "loss_mask") | prompts(pref_eval, "chosen_ids", "chosen_mask")
+    trained = prompts(sft_train, "input_ids", "loss_mask") | prompts(pref_train, "chosen_ids", "chosen_mask")
+    assert len(prompts(sft_eval, "input_ids", "loss_mask")) == 64 and len(prompts(pref_eval, "chosen_ids", "chosen_mask")) == 64
+    assert not held & trained
+    pretrained = {text.split("Assistant:")[0] for text in _warmup_texts(RECIPE)}
+    assert not {p.split("Assistant:")[0] for p in held} & pretrained
+    assert len(sft_train) > 1800 and len(pref_train) > 1800
 
 
 def test_collate_pads_right_and_masks():

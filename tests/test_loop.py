@@ -8,6 +8,7 @@ import torch
 
 from workers.config import TrialConfig
 from workers.loop import fit
+from workers.data import load_tokenized
 from workers.reference import ensure_reference
 from workers.session import LocalSession
 
@@ -59,10 +60,8 @@ def test_mix_steps_both_objectives_every_step(cache_dir):
 
 
 def test_reference_logps_are_computed_once_and_cached(cache_dir, tokenizer):
-    from workers.data import load_split_tokenized
-
     cfg = trial(cache_dir)
-    pref_train, pref_eval = load_split_tokenized(cfg.data.pref, "pref", tokenizer, 64, 0, cache_dir)
+    _, _, pref_train, pref_eval = load_tokenized(cfg.data, tokenizer, cache_dir)
     first, _ = ensure_reference(cfg, tokenizer, pref_train, pref_eval, torch.device("cpu"))
     passes = Path(cache_dir) / "reference" / "passes.jsonl"
     recorded = passes.read_text().splitlines()
@@ -134,3 +133,85 @@ def test_peak_memory_is_per_trial_after_a_reset():
     if not Path("/proc/self/clear_refs").exists():
         pytest.skip("no /proc: the peak is the process's (ru_maxrss)")
     assert after < high - 300, (high, after)
+
+
+def test_a_trial_gives_the_same_bits_at_any_ambient_thread_count(cache_dir):
+    """`rightsweep train` ran trials with the machine's 2 threads, sweep trials (Ray, one
+    CPU each) with 1, and float sums differ by thread count: the same config gave other
+    numbers. A trial now runs at its own ``threads`` (= resources.cpus_per_worker)."""
+    cfg = trial(cache_dir, schedule="alright", lam=0.5, total_steps=30, eval_every=30)
+    before = torch.get_num_threads()
+    try:
+        runs = []
+        for ambient in (2, 1):
+            torch.set_num_threads(ambient)
+            runs.append([(p["eval/sft_loss"], p["eval/dpo_loss"]) for p in run(cfg)])
+    finally:
+        torch.set_num_threads(before)
+    assert runs[0] == runs[1]
+
+
+def test_the_embedded_base_is_built_at_a_fixed_thread_count(tmp_path):
+    """Built at 2 threads in one path and 1 in another, and cached under one name, the base
+    differed by process; its bytes must not depend on the caller's thread count."""
+    from workers.embedded import ensure_embedded
+
+    before = torch.get_num_threads()
+    try:
+        built = []
+        for ambient in (2, 1):
+            torch.set_num_threads(ambient)
+            root = ensure_embedded(tmp_path / f"threads{ambient}")
+            built.append((root.name, (root / "base" / "model.safetensors").read_bytes()))
+            assert torch.get_num_threads() == ambient, "the build restores the caller's thread count"
+    finally:
+        torch.set_num_threads(before)
+    assert built[0] == built[1]
+
+
+def test_reference_cache_is_keyed_by_dtype(cache_dir, tokenizer):
+    """float32 and bfloat16 runs on one storage shared reference log-probs."""
+    from workers.data import TokenTable
+
+    cfg = trial(cache_dir)
+    _, _, pref_train, pref_eval = load_tokenized(cfg.data, tokenizer, cache_dir)
+    small = [TokenTable({k: col[:16] for k, col in ds.columns.items()}) for ds in (pref_train, pref_eval)]
+    (f32, _), _ = ensure_reference(cfg, tokenizer, *small, torch.device("cpu"))
+    bf16 = cfg.model_copy(update={"model": cfg.model.model_copy(update={"dtype": "bfloat16"})})
+    (b16, _), computed = ensure_reference(bf16, tokenizer, *small, torch.device("cpu"))
+    assert computed, "a bfloat16 run must not read float32 log-probs"
+    assert b16[0].dtype == torch.float32 and not torch.equal(f32[0], b16[0])
+    (again, _), computed = ensure_reference(bf16, tokenizer, *small, torch.device("cpu"))
+    assert not computed and torch.equal(again[0], b16[0])
+
+
+def test_ranks_draw_different_dropout_but_take_the_same_decisions(cache_dir):
+    """Every rank was seeded alike, so LoRA dropout masks were the same on every rank. Now
+    each rank's torch RNG differs after set-up, while the schedule's own RNG (ALRIGHT's
+    draws) stays the same on all ranks."""
+    from workers.loop import setup
+
+    cfg = trial(cache_dir, {"r": 4, "alpha": 8, "dropout": 0.1}, schedule="alright", lam=0.5)
+    draws, plans = [], []
+    for rank in (0, 1):
+        session = LocalSession()
+        session.rank, session.world_size = rank, 2
+        s = setup(cfg, session, resume_dir=None)
+        draws.append(torch.rand(8))
+        plans.append([s.schedule.plan(step).dpo_weight for step in range(50)])
+    assert not torch.equal(draws[0], draws[1])
+    assert plans[0] == plans[1]
+
+
+def test_checkpoints_carry_each_ranks_rng(cache_dir, tmp_path):
+    from workers.loop import load_rng, rng_file, save_rng
+
+    cfg = trial(cache_dir, total_steps=4, eval_every=2, checkpoint_every=2)
+    session = LocalSession(checkpoint_root=str(tmp_path / "ckpt"))
+    fit(cfg, session)
+    assert rng_file(session.checkpoints[-1], 0).is_file()
+    save_rng(str(tmp_path), 3, torch.device("cpu"))
+    expected = torch.rand(5)
+    torch.rand(7)  # move on
+    load_rng(str(tmp_path), 3, torch.device("cpu"))
+    assert torch.equal(torch.rand(5), expected)

@@ -2,7 +2,9 @@ import math
 
 import pytest
 
-from orchestrator.pareto import Anchors, TrialResult, front_mask, gaps, hypervolume, summarize
+from orchestrator.pareto import Anchors, Interval, TrialResult, front_mask, gaps, hypervolume, interval95, summarize
+
+LN2 = math.log(2)
 
 
 def test_dominated_points_are_excluded():
@@ -41,15 +43,67 @@ def test_summarize_rows_fronts_and_runtime_vs_sequential():
         TrialResult("c", "mix", 0.5, 0, sft_loss=1.2, dpo_loss=1.2, runtime_s=15.0),
         TrialResult("d", "alright", 0.25, 0, sft_loss=1.6, dpo_loss=1.1, runtime_s=9.0),
     ]
-    s = summarize(results, Anchors(0.5, 0.5), reference_point=(4.0, 4.0))
+    s = summarize(results, Anchors(0.5, 0.5), initial_point=(2.0, LN2), reference=(4.0, 4.0))
     rows = {r.trial_id: r for r in s.rows}
-    assert [r.trial_id for r in s.front()] == ["a", "c", "b"]  # sorted by f_SFT
-    assert not rows["d"].on_front and not rows["d"].on_schedule_front  # (1.5, 1.0) dominates it
+    cells = {(c.schedule, c.lam): c for c in s.cells}
+    assert [(c.schedule, c.lam) for c in s.front()] == [("sequential", 0.5), ("mix", 0.5), ("alright", 0.5)]  # by f_SFT
+    assert not cells[("alright", 0.25)].on_front and not cells[("alright", 0.25)].on_schedule_front  # (1.5, 1.0) dominates it
+    assert cells[("alright", 0.25)].not_separable is None, "one seed: no interval, so no claim either way"
     assert rows["b"].runtime_vs_sequential_pct == pytest.approx(5.0)
     assert rows["c"].runtime_vs_sequential_pct == pytest.approx(50.0)
     assert math.isnan(rows["d"].runtime_vs_sequential_pct)  # no Sequential trial at λ = 0.25
     assert rows["c"].ideal_distance == pytest.approx(math.hypot(0.7, 0.7))
-    # alright front: only b; area (4−1.5)·(4−1) = 7.5
-    assert s.hypervolume["alright"] == pytest.approx(7.5)
+    assert s.reference_point == (4.0, 4.0) and s.reference_rule == "sweep.hypervolume_reference"
+    # Normalised by the box [0, 4] × [0, 4]. alright front: only b; area (4−1.5)·(4−1) = 7.5
+    assert s.hypervolume["alright"] == pytest.approx(7.5 / 16)
     # all: a(1,3) c(1.2,1.2) b(1.5,1.0): 3·1 + 2.8·1.8 + 2.5·0.2 = 3 + 5.04 + 0.5
-    assert s.hypervolume["all"] == pytest.approx(8.54)
+    assert s.hypervolume["all"] == pytest.approx(8.54 / 16)
+
+
+def test_cells_are_seed_means_with_t_intervals():
+    """f_SFT 1, 2, 3 over three seeds: mean 2, sample std 1, t(0.975, 2) = 4.302653 ->
+    half-width 4.302653 / √3 = 2.484138. The trial table keeps every seed."""
+    results = [TrialResult(f"t{i}", "alright", 0.5, i, sft_loss=v, dpo_loss=0.5, runtime_s=10.0) for i, v in enumerate([1.0, 2.0, 3.0])]
+    s = summarize(results, Anchors(0.5, 0.25), initial_point=(4.0, LN2))
+    (cell,) = s.cells
+    assert cell.seeds == (0, 1, 2) and len(s.rows) == 3
+    assert cell.sft_loss.mean == pytest.approx(2.0)
+    assert cell.sft_loss.high - cell.sft_loss.mean == pytest.approx(2.484138, abs=1e-6)
+    assert cell.sft_loss.mean - cell.sft_loss.low == pytest.approx(2.484138, abs=1e-6)
+    assert cell.gap_sft.mean == pytest.approx(1.5) and cell.dpo_loss.high == pytest.approx(0.5)  # no spread
+    assert interval95([7.0]) == Interval(7.0) and not interval95([7.0]).known
+
+
+def test_a_dominated_cell_within_a_dominating_cells_interval_is_not_separable():
+    """mix: f 1.0 and 1.2 on both (mean 1.1; half-width 12.7062·0.141421/√2 = 1.27062, so up
+    to 2.37). alright at 1.3 on both lies inside mix's box: dominated, but not separably.
+    sequential at 5.0 is dominated beyond mix's box: separably."""
+    results = [
+        TrialResult("m0", "mix", 0.5, 0, 1.0, 1.0), TrialResult("m1", "mix", 0.5, 1, 1.2, 1.2),
+        TrialResult("a0", "alright", 0.5, 0, 1.3, 1.3), TrialResult("a1", "alright", 0.5, 1, 1.3, 1.3),
+        TrialResult("s0", "sequential", 0.5, 0, 5.0, 5.0), TrialResult("s1", "sequential", 0.5, 1, 5.0, 5.0),
+    ]
+    cells = {c.schedule: c for c in summarize(results, Anchors(0.5, 0.5), initial_point=(6.0, LN2)).cells}
+    assert cells["mix"].sft_loss.high == pytest.approx(1.1 + 1.27062, abs=1e-4)
+    assert cells["mix"].on_front and cells["mix"].not_separable is False
+    assert not cells["alright"].on_front and cells["alright"].not_separable is True
+    assert not cells["sequential"].on_front and cells["sequential"].not_separable is False
+
+
+def test_hypervolume_reference_is_beyond_every_trial_not_the_initial_point():
+    """The initial model's DPO loss is exactly ln 2, so with it as the reference a Sequential
+    trial ending at DPO 5.46 counted 0. The default reference is 1.1 × the nadir of the
+    trials and the initial model: (1.1·3.55, 1.1·5.46) = (3.905, 6.006)."""
+    results = [TrialResult("s", "sequential", 0.5, 0, sft_loss=0.1, dpo_loss=5.46),
+               TrialResult("a", "alright", 0.5, 0, sft_loss=0.3, dpo_loss=0.2)]
+    s = summarize(results, Anchors(0.01, 0.0), initial_point=(3.55, LN2))
+    assert s.reference_point == pytest.approx((3.905, 6.006))
+    assert "nadir" in s.reference_rule
+    assert s.hypervolume["sequential"] == pytest.approx((3.905 - 0.1) * (6.006 - 5.46) / (3.905 * 6.006))
+    assert s.hypervolume["alright"] == pytest.approx((3.905 - 0.3) * (6.006 - 0.2) / (3.905 * 6.006))
+    assert 0 < s.hypervolume["sequential"] < s.hypervolume["alright"] < s.hypervolume["all"] <= 1
+
+
+def test_no_anchors_gives_no_gaps():
+    s = summarize([TrialResult("a", "alright", 0.5, 0, 0.3, 0.2)], None, initial_point=(3.0, LN2))
+    assert math.isnan(s.rows[0].gap_sft) and math.isnan(s.cells[0].ideal_distance.mean) and s.anchors is None

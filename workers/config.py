@@ -154,13 +154,18 @@ class TrialConfig(Section):
     model: ModelSpec = Field(default_factory=ModelSpec)
     data: DataSpec = Field(default_factory=DataSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
+    threads: int | None = Field(
+        None, gt=0, description="torch threads of a training process (float sums depend on it); "
+        "default: resources.cpus_per_worker, at least 1"
+    )
     cache_dir: str | None = Field(None, description="embedded model and data, reference log-probs; default <storage>/cache")
     output_dir: str | None = Field(None, description="where the final model and trajectory go (set by the driver)")
 
     def resolved(self) -> "TrialConfig":
         """Absolute paths and filled presets: what the driver hands to the workers."""
         data = self.data.model_copy(update={"sft": self.data.sft.resolved("sft"), "pref": self.data.pref.resolved("pref")})
-        update = {"data": data, "cache_dir": str(Path(self.cache_dir or "~/.cache/rightsweep").expanduser().resolve())}
+        update = {"data": data, "cache_dir": str(Path(self.cache_dir or "~/.cache/rightsweep").expanduser().resolve()),
+                  "threads": self.threads or 1}
         if Path(self.model.name).expanduser().exists():
             update["model"] = self.model.model_copy(update={"name": str(Path(self.model.name).expanduser().resolve())})
         if self.output_dir is not None:

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from workers.config import DEFAULT_TEMPLATE, EMBEDDED, LOCAL_SUFFIXES, ConfigError, DatasetSpec
+from workers.config import DEFAULT_TEMPLATE, EMBEDDED, LOCAL_SUFFIXES, ConfigError, DataSpec, DatasetSpec
 
 log = logging.getLogger("rightsweep.data")
 
@@ -49,81 +49,6 @@ def load_table(source: str, split: str):
             f"could not load dataset {source!r} (split {split!r}): {e}. A hub dataset needs network "
             "access; offline, give a local .json/.jsonl/.parquet path with the same columns."
         ) from e
-
-
-@dataclass
-class Counts:
-    rows: int = 0
-    truncated: int = 0
-    dropped: int = 0
-
-    def __str__(self) -> str:
-        return f"{self.rows} rows, {self.truncated} truncated, {self.dropped} dropped (prompt alone >= max_len)"
-
-
-def _encode(tokenizer, prompts: list[str], responses: list[list[str]], max_len: int):
-    """Tokenize prompts and, per row, one or more responses (SFT: 1, pairs: 2).
-
-    Prompt and response are tokenized apart so the prompt mask is exact; the response
-    gets EOS and is cut from its end to fit ``max_len``. A row whose prompt leaves no room
-    for a response token is dropped.
-    """
-    eos = tokenizer.eos_token_id
-    p_ids = tokenizer(prompts)["input_ids"]
-    r_ids = [tokenizer(list(col), add_special_tokens=False)["input_ids"] for col in zip(*responses)]
-    out, truncated, dropped = [], 0, 0
-    for i, p in enumerate(p_ids):
-        room = max_len - len(p)
-        if room < 1:
-            dropped += 1
-            out.append(None)
-            continue
-        seqs = []
-        row_truncated = False
-        for col in r_ids:
-            r = col[i] + [eos]
-            row_truncated |= len(r) > room
-            r = r[:room]
-            seqs.append((p + r, [0] * len(p) + [1] * len(r)))
-        truncated += row_truncated
-        out.append(seqs)
-    return out, truncated, dropped
-
-
-def _column_lists(table, cols: dict[str, str], source: str) -> dict[str, list]:
-    """role -> that column as a Python list, read in one Arrow pass (iterating a ``datasets``
-    table row by row, or a column of it, costs about 40 µs a row)."""
-    _require_columns(table, cols, source)
-    data = table.select_columns(sorted(set(cols.values()))).to_dict()
-    return {role: data[name] for role, name in cols.items()}
-
-
-def tokenize_sft(table, spec: DatasetSpec, tokenizer, max_len: int) -> tuple[Any, Counts]:
-    col = _column_lists(table, spec.columns, spec.source)
-    inputs = col.get("input", [None] * len(col["prompt"]))
-    prompts = [render_prompt(alpaca_prompt_text(p, i), spec.template) for p, i in zip(col["prompt"], inputs)]
-    responses = [[r] for r in col["response"]]
-    encoded, truncated, dropped = _encode(tokenizer, prompts, responses, max_len)
-    kept = [s[0] for s in encoded if s is not None]
-    table = TokenTable({"input_ids": [ids for ids, _ in kept], "loss_mask": [m for _, m in kept]})
-    return table, Counts(len(table), truncated, dropped)
-
-
-def tokenize_pairs(table, spec: DatasetSpec, tokenizer, max_len: int) -> tuple[Any, Counts]:
-    col = _column_lists(table, spec.columns, spec.source)
-    prompts = [render_prompt(p, spec.template) for p in col["prompt"]]
-    responses = list(zip(col["chosen"], col["rejected"]))
-    encoded, truncated, dropped = _encode(tokenizer, prompts, responses, max_len)
-    kept = [s for s in encoded if s is not None]
-    table = TokenTable(
-        {
-            "chosen_ids": [c[0] for c, _ in kept],
-            "chosen_mask": [c[1] for c, _ in kept],
-            "rejected_ids": [r[0] for _, r in kept],
-            "rejected_mask": [r[1] for _, r in kept],
-        }
-    )
-    return table, Counts(len(table), truncated, dropped)
 
 
 class TokenTable:
@@ -163,41 +88,203 @@ def _require_columns(table, columns: dict[str, str], source: str) -> None:
         raise ValueError(f"dataset {source} has no column(s) {missing}; it has {table.column_names}")
 
 
-def split_table(table, spec: DatasetSpec, seed: int, field: str = "data"):
-    """(train, eval) raw tables: a named eval split, or ``eval_size`` held-out rows.
-    ``field`` is the spec's place in the config, for the error."""
-    if spec.eval_split is not None:
-        train, held = table, load_table(spec.source, spec.eval_split)
-        held = held.select(range(min(spec.eval_size, len(held))))
-    else:
-        if len(table) <= spec.eval_size:
-            raise ConfigError(f"{field}.eval_size: {spec.source} has {len(table)} rows; holding out {spec.eval_size} "
-                              "leaves none to train on (allowed: fewer than the rows)")
-        parts = table.train_test_split(test_size=spec.eval_size, seed=seed, shuffle=True)
-        train, held = parts["train"], parts["test"]
-    if spec.max_rows is not None:
-        train = train.select(range(min(spec.max_rows, len(train))))
-    return train, held
+@dataclass
+class Rows:
+    """A dataset's rows in our roles: the rendered prompt and its response(s) — one for SFT,
+    (chosen, rejected) for preference pairs."""
+
+    prompts: list[str]
+    responses: list[tuple[str, ...]]
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def take(self, indices) -> "Rows":
+        return Rows([self.prompts[i] for i in indices], [self.responses[i] for i in indices])
 
 
-def load_split_tokenized(spec: DatasetSpec, kind: str, tokenizer, max_len: int, seed: int, cache_dir: str):
-    """Load, hold out, tokenize, and log what was truncated or dropped. Returns (train, eval)."""
+def read_rows(table, spec: DatasetSpec, kind: str) -> Rows:
+    """The mapped columns of a ``datasets`` table as ``Rows``, prompts rendered with the template."""
+    col = _column_lists(table, spec.columns, spec.source)
+    if kind == "sft":
+        inputs = col.get("input", [None] * len(col["prompt"]))
+        prompts = [render_prompt(alpaca_prompt_text(p, i), spec.template) for p, i in zip(col["prompt"], inputs)]
+        return Rows(prompts, [(r,) for r in col["response"]])
+    return Rows([render_prompt(p, spec.template) for p in col["prompt"]], list(zip(col["chosen"], col["rejected"])))
+
+
+@dataclass
+class SplitCounts:
+    rows: int = 0
+    duplicates: int = 0  # exact copies of an earlier row, dropped
+    shared_prompt: int = 0  # rows whose prompt has other rows too (kept on one side of the split)
+    held_prompts: int = 0
+    unused: int = 0  # rows of a held-out prompt beyond eval_size: neither trained nor scored on
+    excluded: int = 0  # training rows dropped: their prompt is held out (eval split, or the other dataset)
+
+    def __str__(self) -> str:
+        return (f"{self.rows} rows, {self.duplicates} exact duplicates dropped, {self.shared_prompt} rows share their "
+                f"prompt with another row (each prompt on one side of the split), {self.held_prompts} prompts held out, "
+                f"{self.unused} rows of held-out prompts unused, {self.excluded} training rows dropped because their "
+                "prompt is held out (in the eval split or the other dataset)")
+
+
+def dedupe(rows: Rows) -> tuple[Rows, int]:
+    """Exact duplicate rows dropped (the first kept); returns the rows and how many went."""
+    seen, keep = set(), []
+    for i, row in enumerate(zip(rows.prompts, rows.responses)):
+        if row not in seen:
+            seen.add(row)
+            keep.append(i)
+    return rows.take(keep), len(rows) - len(keep)
+
+
+def split_by_prompt(rows: Rows, eval_size: int, seed: int, field: str) -> tuple[Rows, Rows, SplitCounts]:
+    """(train, held-out): whole prompts are held out, in a seeded order, until their rows
+    reach ``eval_size``; no held-out prompt has a training row. Splitting by row index
+    instead let copies of a training row into the held-out set."""
+    counts = SplitCounts(rows=len(rows))
+    rows, counts.duplicates = dedupe(rows)
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(rows.prompts):
+        groups.setdefault(p, []).append(i)
+    counts.shared_prompt = sum(len(g) for g in groups.values() if len(g) > 1)
+    prompts = list(groups)
+    held, held_prompts = [], set()
+    for j in np.random.default_rng(seed).permutation(len(prompts)):
+        if len(held) >= eval_size:
+            break
+        held_prompts.add(prompts[j])
+        held.extend(groups[prompts[j]][: eval_size - len(held)])
+    if len(held_prompts) == len(prompts):
+        raise ConfigError(f"{field}.eval_size: the data has {len(prompts)} distinct prompts ({len(rows)} rows); holding out "
+                          f"{eval_size} rows leaves none to train on (allowed: fewer rows than those prompts hold)")
+    counts.held_prompts = len(held_prompts)
+    counts.unused = sum(len(groups[p]) for p in held_prompts) - len(held)
+    train = [i for i, p in enumerate(rows.prompts) if p not in held_prompts]
+    return rows.take(train), rows.take(held), counts
+
+
+@dataclass
+class Split:
+    """One dataset's training and held-out rows, and how they came to be."""
+
+    kind: str
+    source: str
+    train: Rows
+    held: Rows
+    counts: SplitCounts
+
+    def without_training_prompts(self, prompts: set[str]) -> "Split":
+        keep = [i for i, p in enumerate(self.train.prompts) if p not in prompts]
+        self.counts.excluded += len(self.train) - len(keep)
+        return Split(self.kind, self.source, self.train.take(keep), self.held, self.counts)
+
+
+def load_split(spec: DatasetSpec, kind: str, seed: int, cache_dir: str) -> Split:
+    """Load a dataset and hold out by prompt: a named ``eval_split``, or ``eval_size`` rows
+    of whole prompts of the training split. Either way no held-out prompt is trained on."""
     if spec.source == EMBEDDED:
         from workers.embedded import ensure_embedded
 
         spec = spec.model_copy(update={"source": str(ensure_embedded(cache_dir) / f"{kind}.jsonl")})
-    table = load_table(spec.source, spec.split)
-    train, held = split_table(table, spec, seed, f"trial.data.{kind}")
-    tokenize = tokenize_sft if kind == "sft" else tokenize_pairs
+    field = f"trial.data.{kind}"
+    rows = read_rows(load_table(spec.source, spec.split), spec, kind)
+    if spec.eval_split is not None:
+        held, held_duplicates = dedupe(read_rows(load_table(spec.source, spec.eval_split), spec, kind))
+        held = held.take(range(min(spec.eval_size, len(held))))
+        train, duplicates = dedupe(rows)
+        counts = SplitCounts(rows=len(rows), duplicates=duplicates + held_duplicates, held_prompts=len(set(held.prompts)))
+        split = Split(kind, spec.source, train, held, counts).without_training_prompts(set(held.prompts))
+        train = split.train
+    else:
+        train, held, counts = split_by_prompt(rows, spec.eval_size, seed, field)
+    if spec.max_rows is not None:
+        train = train.take(range(min(spec.max_rows, len(train))))
+    return Split(kind, spec.source, train, held, counts)
+
+
+def load_tokenized(data: DataSpec, tokenizer, cache_dir: str):
+    """Both datasets held out by prompt — a prompt held out in one is not trained on in the
+    other either (the embedded SFT and preference data share prompts) — tokenized, with
+    what was dropped logged. Returns (sft_train, sft_eval, pref_train, pref_eval)."""
+    sft = load_split(data.sft, "sft", data.seed, cache_dir)
+    pref = load_split(data.pref, "pref", data.seed, cache_dir)
+    sft, pref = sft.without_training_prompts(set(pref.held.prompts)), pref.without_training_prompts(set(sft.held.prompts))
     out = []
-    for name, part in (("train", train), ("eval", held)):
-        ds, counts = tokenize(part, spec, tokenizer, max_len)
-        log.info("%s %s data from %s: %s", kind, name, spec.source, counts)
-        if counts.rows == 0:
-            raise ConfigError(f"trial.data.max_len: no {kind} {name} row of {spec.source} fits in max_len={max_len} "
-                              f"({counts}); raise max_len or shorten the prompts")
-        out.append(ds)
+    for split in (sft, pref):
+        log.info("%s data from %s: %s", split.kind, split.source, split.counts)
+        for name, rows in (("train", split.train), ("eval", split.held)):
+            table, counts = tokenize(rows, split.kind, tokenizer, data.max_len)
+            log.info("%s %s data: %s", split.kind, name, counts)
+            if counts.rows == 0:
+                raise ConfigError(f"trial.data.max_len: no {split.kind} {name} row of {split.source} fits in "
+                                  f"max_len={data.max_len} ({counts}); raise max_len or shorten the prompts")
+            out.append(table)
     return tuple(out)
+
+
+@dataclass
+class Counts:
+    rows: int = 0
+    truncated: int = 0
+    dropped: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.rows} rows, {self.truncated} truncated, {self.dropped} dropped (prompt alone >= max_len)"
+
+
+def encode_joint(tokenizer, prompts: list[str], responses: list[str]) -> list[tuple[list[int], int]]:
+    """(ids of prompt + response as one text, number of prompt tokens) per row.
+
+    One text, not two: tokenized apart, ``"Assistant: "`` ends in a lone space token and
+    ``"42"`` becomes ``4``, ``2`` where the joint text, as in pre-training, is ``Ġ4``, ``2``.
+    A token is the prompt's when it ends inside the prompt (by character offsets); the one
+    that straddles the seam is the response's, so the prompt's ids are a prefix of the ids.
+    """
+    if not tokenizer.is_fast:
+        raise ConfigError(f"trial.model.name: the tokenizer {type(tokenizer).__name__} has no character offsets "
+                          "(not a fast tokenizer); rightsweep needs them to mask the prompt of the joint text")
+    enc = tokenizer([p + r for p, r in zip(prompts, responses)], return_offsets_mapping=True)
+    special = set(tokenizer.all_special_ids)
+    out = []
+    for prompt, ids, offsets in zip(prompts, enc["input_ids"], enc["offset_mapping"]):
+        n_prompt = next((k for k, (_, end) in enumerate(offsets) if end > len(prompt)), len(ids))
+        end = len(ids)
+        while end > n_prompt and ids[end - 1] in special and tuple(offsets[end - 1]) == (0, 0):
+            end -= 1  # an end-of-text the tokenizer appends itself: ours follows
+        out.append((ids[:end], n_prompt))
+    return out
+
+
+def tokenize(rows: Rows, kind: str, tokenizer, max_len: int) -> tuple[TokenTable, Counts]:
+    """Token ids and loss masks of every row (SFT: ``input_ids``, ``loss_mask``; pairs: the
+    ``chosen_*`` and ``rejected_*`` of each). Each response ends in EOS and is cut from its
+    end to fit ``max_len``; a row whose prompt leaves no room for a response token is dropped."""
+    eos = tokenizer.eos_token_id
+    columns = [encode_joint(tokenizer, rows.prompts, list(col)) for col in zip(*rows.responses)]
+    kept, truncated, dropped = [], 0, 0
+    for encoded in zip(*columns):
+        if any(n_prompt >= max_len for _, n_prompt in encoded):
+            dropped += 1
+            continue
+        seqs = [(ids + [eos])[:max_len] for ids, _ in encoded]
+        truncated += any(len(ids) + 1 > max_len for ids, _ in encoded)
+        kept.append([(ids, [0] * n_prompt + [1] * (len(ids) - n_prompt)) for ids, (_, n_prompt) in zip(seqs, encoded)])
+    if kind == "sft":
+        table = TokenTable({"input_ids": [s[0][0] for s in kept], "loss_mask": [s[0][1] for s in kept]})
+    else:
+        table = TokenTable({"chosen_ids": [c[0] for c, _ in kept], "chosen_mask": [c[1] for c, _ in kept],
+                            "rejected_ids": [r[0] for _, r in kept], "rejected_mask": [r[1] for _, r in kept]})
+    return table, Counts(len(table), truncated, dropped)
+
+
+def _column_lists(table, cols: dict[str, str], source: str) -> dict[str, list]:
+    """role -> that column as a Python list, read in one Arrow pass (iterating a ``datasets``
+    table row by row, or a column of it, costs about 40 µs a row)."""
+    _require_columns(table, cols, source)
+    data = table.select_columns(sorted(set(cols.values()))).to_dict()
+    return {role: data[name] for role, name in cols.items()}
 
 
 def _padded(ids: list, masks: list, pad_id: int) -> dict[str, torch.Tensor]:

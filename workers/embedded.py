@@ -1,15 +1,21 @@
 """The embedded default: generated data with a real SFT/DPO conflict, a trained tokenizer
 and a tiny Pythia-architecture model, all built offline and cached by recipe.
 
-The conflict. Every prompt is a small task ("what comes after 41", "reverse the word" + "cat").
+The conflict. Every prompt is a small task ("what comes after 41", "reverse the word" + "bak").
 The SFT data answers tersely: ``42``. The preference data, on prompts from the same
 family, prefers ``sure! 42.`` over the terse ``42``. SFT pushes the first response token
 towards the answer, DPO pushes it towards ``sure!``: a model cannot fully do both, so
 training on one objective undoes the other and the front of trade-offs is a curve.
 
+Held-out data must be unseen. The tasks run over 980 made-up words and 200 numbers:
+3,140 distinct prompts, each used at most once per dataset. A share of them is kept for
+pre-training the base and never appears in the SFT or preference data, so a prompt held
+out of those (``workers.data`` splits by prompt) is one the model has never seen.
+
 The base model is briefly pre-trained on both styles (half each), so the DPO reference
 gives both a moderate likelihood, as a pre-trained model would; it is built once per
-recipe and cached, and every trial starts from it.
+recipe, at a fixed thread count, and cached under a key of everything that changes its
+bytes. Every trial starts from it.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +33,10 @@ import numpy as np
 from workers.data import alpaca_prompt_text, render_prompt
 
 RECIPE = {
-    "version": 2,
+    "version": 3,
     "sft_rows": 2000,
     "pref_rows": 2000,
+    "pretrain_prompts": 640,  # prompts only the base's pre-training sees
     "seed": 1234,
     "vocab_size": 384,
     "hidden_size": 64,
@@ -38,26 +46,28 @@ RECIPE = {
     "warmup_steps": 150,
     "warmup_batch": 32,
     "warmup_lr": 3e-3,
+    "build_threads": 1,  # float sums depend on torch's thread count: the build's is fixed
 }
 EOS = "<|endoftext|>"
-WORDS = (
-    "cat dog sun map red box cup pen hat owl fox bee ant car bus toy key leg arm eye ice oak "
-    "sea sky tea pie jam egg fig nut bag bed rug mat fan jar net pot rod web zip gem log"
-).split()
+CONSONANTS, VOWELS = "bdfgklmnprstvz", "aeiou"
+NUMBERS = 200
 
 
-def _task(rng: np.random.Generator) -> tuple[str, str, str]:
-    """One (instruction, input, answer); some tasks put their argument in Alpaca's input field."""
-    kind = rng.integers(4)
-    if kind == 0:
-        n = rng.integers(100)
-        return f"what comes after {n}", "", str(n + 1)
-    word = WORDS[rng.integers(len(WORDS))]
-    if kind == 1:
-        return f"repeat {word}", "", f"{word} {word}"
-    if kind == 2:
-        return "reverse the word", word, word[::-1]
-    return "shout the word", word, word.upper()
+def prompt_pool() -> list[tuple[str, str, str]]:
+    """Every task as (instruction, input, answer); some put their argument in Alpaca's input field."""
+    words = [a + v + b for a in CONSONANTS for v in VOWELS for b in CONSONANTS]
+    pool = [(f"what comes after {n}", "", str(n + 1)) for n in range(NUMBERS)]
+    for w in words:
+        pool += [(f"repeat {w}", "", f"{w} {w}"), ("reverse the word", w, w[::-1]), ("shout the word", w, w.upper())]
+    return pool
+
+
+def _pools(recipe: dict) -> tuple[list, list]:
+    """(pre-training prompts, task prompts): a seeded partition of the pool."""
+    pool = prompt_pool()
+    order = np.random.default_rng(recipe["seed"]).permutation(len(pool))
+    shuffled = [pool[i] for i in order]
+    return shuffled[: recipe["pretrain_prompts"]], shuffled[recipe["pretrain_prompts"] :]
 
 
 def terse(answer: str) -> str:
@@ -69,26 +79,24 @@ def polite(answer: str) -> str:
 
 
 def generate_rows(recipe: dict = RECIPE) -> tuple[list[dict], list[dict]]:
-    """SFT rows in the Alpaca schema and preference rows in the hh schema, deterministic."""
-    rng = np.random.default_rng(recipe["seed"])
-    sft = []
-    for _ in range(recipe["sft_rows"]):
-        instruction, inp, answer = _task(rng)
-        sft.append({"instruction": instruction, "input": inp, "output": terse(answer)})
-    pref = []
-    for _ in range(recipe["pref_rows"]):
-        instruction, inp, answer = _task(rng)
-        # hh rows carry the prompt already rendered, as rm-hh-rlhf's "Human: … Assistant:" do.
-        prompt = render_prompt(alpaca_prompt_text(instruction, inp))
-        pref.append({"prompt": prompt, "chosen": polite(answer), "rejected": terse(answer)})
+    """SFT rows in the Alpaca schema and preference rows in the hh schema, deterministic;
+    each dataset uses a task prompt at most once, and the two overlap."""
+    _, tasks = _pools(recipe)
+    rng = np.random.default_rng(recipe["seed"] + 2)
+    sft = [{"instruction": ins, "input": inp, "output": terse(ans)}
+           for ins, inp, ans in (tasks[i] for i in rng.choice(len(tasks), recipe["sft_rows"], replace=False))]
+    # hh rows carry the prompt already rendered, as rm-hh-rlhf's "Human: … Assistant:" do.
+    pref = [{"prompt": render_prompt(alpaca_prompt_text(ins, inp)), "chosen": polite(ans), "rejected": terse(ans)}
+            for ins, inp, ans in (tasks[i] for i in rng.choice(len(tasks), recipe["pref_rows"], replace=False))]
     return sft, pref
 
 
 def _warmup_texts(recipe: dict) -> list[str]:
+    pretrain, _ = _pools(recipe)
     rng = np.random.default_rng(recipe["seed"] + 1)
     texts = []
     for i in range(recipe["warmup_steps"] * recipe["warmup_batch"]):
-        instruction, inp, answer = _task(rng)
+        instruction, inp, answer = pretrain[rng.integers(len(pretrain))]
         style = polite if i % 2 else terse
         texts.append(render_prompt(alpaca_prompt_text(instruction, inp)) + style(answer) + EOS)
     return texts
@@ -147,15 +155,34 @@ def _pretrain(model, tokenizer, texts: list[str], recipe: dict) -> None:
     model.eval()
 
 
-def recipe_key(recipe: dict = RECIPE) -> str:
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+def build_key(recipe: dict = RECIPE) -> str:
+    """What the built bytes depend on: the recipe and the libraries that turn it into
+    weights (torch's kernels, transformers' initialisation, the BPE trainer)."""
+    import tokenizers
+    import torch
+    import transformers
+
+    versions = {"torch": torch.__version__, "transformers": transformers.__version__, "tokenizers": tokenizers.__version__}
+    return hashlib.sha256(json.dumps([recipe, versions], sort_keys=True).encode()).hexdigest()[:12]
+
+
+@contextmanager
+def torch_threads(n: int):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def ensure_embedded(cache_dir: str | os.PathLike, recipe: dict = RECIPE) -> Path:
     """Build (once) and return the folder with ``base/`` (model + tokenizer), ``sft.jsonl``
     and ``pref.jsonl``. Safe when several trials race: each builds in a private folder and
     the first rename wins."""
-    root = Path(cache_dir) / "embedded" / f"v{recipe['version']}-{recipe_key(recipe)}"
+    root = Path(cache_dir) / "embedded" / f"v{recipe['version']}-{build_key(recipe)}"
     if (root / "base" / "config.json").exists():
         return root
     import torch
@@ -171,9 +198,10 @@ def ensure_embedded(cache_dir: str | os.PathLike, recipe: dict = RECIPE) -> Path
                 f.writelines(json.dumps(r) + "\n" for r in rows)
         texts = _warmup_texts(recipe)
         tokenizer = train_tokenizer(texts, recipe["vocab_size"])
-        torch.manual_seed(recipe["seed"])
-        model = GPTNeoXForCausalLM(tiny_config(len(tokenizer), tokenizer.eos_token_id, recipe))
-        _pretrain(model, tokenizer, texts, recipe)
+        with torch_threads(recipe["build_threads"]):
+            torch.manual_seed(recipe["seed"])
+            model = GPTNeoXForCausalLM(tiny_config(len(tokenizer), tokenizer.eos_token_id, recipe))
+            _pretrain(model, tokenizer, texts, recipe)
         # Not model.save_pretrained: under torch.distributed it writes nothing on ranks > 0,
         # and such a rank, building on its own node, would publish a folder without weights.
         (tmp / "base").mkdir()

@@ -16,10 +16,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from workers.config import TrainSpec, TrialConfig
-from workers.data import BatchStream, collate_pairs, collate_sft, eval_batches, load_split_tokenized
+from workers.data import BatchStream, collate_pairs, collate_sft, eval_batches, load_tokenized
 from workers.losses import dpo_loss, sequence_logps, sft_loss, shift_for_causal_lm
 from workers.model import load_policy, load_tokenizer
 from workers.reference import attach_reference, ensure_reference, policy_pair_logps
@@ -97,10 +98,13 @@ def fit(cfg: TrialConfig, session) -> list[dict]:
     """Run one trial; returns the trajectory (one dict of metrics per evaluation)."""
     t = cfg.train
     started = time.perf_counter()
+    # Float sums (matmuls, reductions) split work by thread: the same trial at another
+    # thread count gives other bits, and by the end other losses.
+    torch.set_num_threads(cfg.threads)
     reset_peak_memory(session.device)
     with session.latest_checkpoint() as resume_dir:
         s = setup(cfg, session, resume_dir)
-        progress = load_progress(resume_dir, s) if resume_dir else Progress()
+        progress = load_progress(resume_dir, s, session.rank, session.device) if resume_dir else Progress()
     progress.setup_seconds = time.perf_counter() - started
     if resume_dir:
         log.info("rank %d resumed at step %d", session.rank, progress.step)
@@ -144,16 +148,20 @@ def load_inputs(cfg: TrialConfig, device):
 
 def _read_inputs(cfg: TrialConfig, device):
     tokenizer = load_tokenizer(cfg.model, cfg.cache_dir)
-    args = (tokenizer, cfg.data.max_len, cfg.data.seed, cfg.cache_dir)
-    sft_train, sft_eval = load_split_tokenized(cfg.data.sft, "sft", *args)
-    pref_train, pref_eval = load_split_tokenized(cfg.data.pref, "pref", *args)
+    sft_train, sft_eval, pref_train, pref_eval = load_tokenized(cfg.data, tokenizer, cfg.cache_dir)
     (ref_train, ref_eval), _ = ensure_reference(cfg, tokenizer, pref_train, pref_eval, device)
     return tokenizer, sft_train, sft_eval, attach_reference(pref_train, *ref_train), attach_reference(pref_eval, *ref_eval)
 
 
+def rank_seed(seed: int, rank: int) -> int:
+    """The torch seed of one rank after set-up: dropout masks differ between ranks (the
+    same masks on every rank would waste the data parallelism), and stay reproducible."""
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
+
+
 def setup(cfg: TrialConfig, session, resume_dir: str | None) -> Setup:
     t = cfg.train
-    torch.manual_seed(t.seed)
+    torch.manual_seed(t.seed)  # the same on every rank while the model (and LoRA's init) is built
     # Rank 0 builds what ranks share (the embedded assets, the reference cache) while the
     # others wait; then they read it from the cache instead of all computing it at once.
     if session.rank == 0:
@@ -172,6 +180,8 @@ def setup(cfg: TrialConfig, session, resume_dir: str | None) -> Setup:
         model = ray.train.torch.prepare_model(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, t, session.device)
+    torch.manual_seed(rank_seed(t.seed, session.rank))
+    # The schedule's own RNG (ALRIGHT's draws) is seeded by t.seed alone: the same on every rank.
     schedule = make_schedule(t.schedule, t.lam, t.total_steps, seed=t.seed, **t.schedule_options())
     rank, world = session.rank, session.world_size
     streams = {
@@ -182,10 +192,23 @@ def setup(cfg: TrialConfig, session, resume_dir: str | None) -> Setup:
     return Setup(model, optimizer, schedule, streams, sft_eval, pref_eval, pad_id, tokenizer)
 
 
+def fused_optimizer(device: torch.device) -> bool:
+    return device.type in ("cpu", "cuda")
+
+
 def make_optimizer(params, t: TrainSpec, device: torch.device) -> torch.optim.Optimizer:
     """AdamW with the fused kernel where torch has one: one kernel for every tensor instead
     of several per tensor, which at small model sizes was about 1 ms of a 15 ms step."""
-    return torch.optim.AdamW(params, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay, fused=device.type in ("cpu", "cuda"))
+    return torch.optim.AdamW(params, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay, fused=fused_optimizer(device))
+
+
+def numerics(cfg: TrialConfig, device: torch.device) -> dict[str, str]:
+    """What a trial's numbers depend on besides its config: recorded with every sweep."""
+    from workers.model import weights_identity
+
+    return {"base_weights": weights_identity(cfg.model, cfg.cache_dir), "torch": torch.__version__,
+            "threads": str(cfg.threads), "device": device.type, "dtype": cfg.model.dtype,
+            "optimizer": f"torch.optim.AdamW(fused={fused_optimizer(device)})"}
 
 
 def objective_loss(name: str, model, batch: dict, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -336,9 +359,12 @@ def report(session, s: Setup, cfg: TrialConfig, progress: Progress, checkpoint: 
         session.report(metrics)
         return
     with scratch_dir() as d:
-        if session.rank == 0:  # one copy of the state; every rank still reports
+        # One copy of the state from rank 0; each rank adds its own RNG state (Ray merges
+        # the ranks' checkpoint folders into one).
+        save_rng(d, session.rank, session.device)
+        if session.rank == 0:
             save_checkpoint(d, s, progress)
-        session.report(metrics, checkpoint_dir=d if session.rank == 0 else None)
+        session.report(metrics, checkpoint_dir=d)
 
 
 def reset_peak_memory(device) -> None:
@@ -362,12 +388,11 @@ def peak_memory_mb(device) -> float:
 
 
 def save_checkpoint(d: str, s: Setup, progress: Progress) -> None:
-    """Weights (safetensors, via save_pretrained: the adapter alone with LoRA), optimizer
-    and RNG state as tensors for ``torch.load(weights_only=True)``, the rest as JSON."""
+    """Weights (safetensors, via save_pretrained: the adapter alone with LoRA) and the
+    optimizer as tensors for ``torch.load(weights_only=True)``, the rest as JSON."""
     d = Path(d)
     unwrap(s.model).save_pretrained(d / "model", safe_serialization=True)
     torch.save(s.optimizer.state_dict(), d / "optimizer.pt")
-    torch.save({"torch": torch.get_rng_state()}, d / "rng.pt")
     state = {
         "step": progress.step,
         "decisions": progress.decisions,
@@ -382,11 +407,33 @@ def save_checkpoint(d: str, s: Setup, progress: Progress) -> None:
     (d / "state.json").write_text(json.dumps(state))
 
 
-def load_progress(d: str, s: Setup) -> Progress:
-    """Restore optimizer, RNG, schedule and data positions (the weights were loaded by setup)."""
+def rng_file(d: str | Path, rank: int) -> Path:
+    return Path(d) / "rng" / f"rank{rank}.pt"
+
+
+def save_rng(d: str, rank: int, device: torch.device) -> None:
+    """This rank's torch RNG states: the CPU's and, on a GPU, its device's (dropout on a
+    GPU draws from the device's generator)."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    rng_file(d, rank).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, rng_file(d, rank))
+
+
+def load_rng(d: str, rank: int, device: torch.device) -> None:
+    state = torch.load(rng_file(d, rank), weights_only=True)
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def load_progress(d: str, s: Setup, rank: int = 0, device: torch.device = torch.device("cpu")) -> Progress:
+    """Restore optimizer, this rank's RNG, schedule and data positions (the weights were
+    loaded by setup)."""
     d = Path(d)
     s.optimizer.load_state_dict(torch.load(d / "optimizer.pt", weights_only=True))
-    torch.set_rng_state(torch.load(d / "rng.pt", weights_only=True)["torch"])
+    load_rng(d, rank, device)
     state = json.loads((d / "state.json").read_text())
     s.schedule.load_state_dict(state["schedule"])
     for k, stream in s.streams.items():

@@ -3,8 +3,9 @@
 The DPO reference is fixed for the whole run, so its sequence log-probs on every pair
 are a constant table: precomputing them means no trial holds a second model or runs a
 reference forward per step. The cache key covers everything the numbers depend on —
-the weights (or hub name and revision) and the token ids themselves, which already
-encode tokenizer, dataset, template and max_len.
+the weights (or hub name and commit), the numerics (dtype, device, threads, torch
+version) and the token ids themselves, which already encode tokenizer, dataset, template
+and max_len.
 """
 
 from __future__ import annotations
@@ -88,7 +89,9 @@ def ensure_reference(cfg, tokenizer, pref_train, pref_eval, device):
     Returns ((train_chosen, train_rejected), (eval_chosen, eval_rejected)), computed_now."""
     from workers.model import load_policy, weights_identity
 
-    weights_id = weights_identity(cfg.model, cfg.cache_dir)
+    # bf16 and float32 log-probs differ by far more than noise; threads and torch's kernels by bits.
+    weights_id = (f"{weights_identity(cfg.model, cfg.cache_dir)}|{cfg.model.dtype}|{torch.device(device).type}"
+                  f"|threads={cfg.threads}|torch={torch.__version__}")
     base = None
 
     def compute(ds):
