@@ -12,7 +12,7 @@ import sys
 import time
 import traceback
 
-PARTS = ("bench.paper", "bench.throughput", "bench.sweeps")
+PARTS = ("bench.paper", "bench.seeds", "bench.throughput", "bench.sweeps")
 
 
 def main() -> int:

@@ -88,6 +88,28 @@ def paper_section(data: dict) -> list[str]:
     return lines + [""]
 
 
+def seeds_section(data: dict) -> list[str]:
+    runs = list(data["sweeps"].values())
+    c = data["comparison"]
+    head = " | ".join(f"seeds {', '.join(map(str, r['seeds']))}" for r in runs)
+    row = lambda name, f: f"| {name} | " + " | ".join(f(r) for r in runs) + " |"  # noqa: E731
+    lines = ["### Does the default sweep's front hinge on its seeds?", "",
+             f"The default sweep (`rightsweep sweep`: anchors for every seed, then 12 cells × 3 seeds, 600 steps) run twice "
+             f"with other seeds (`python -m bench.seeds`). Front over seed means: "
+             + ("**the same cells with both seed sets**." if c["same_front"] else
+                f"**it differs**: only with the first seeds {c['only_seeds012'] or 'none'}, only with the second "
+                f"{c['only_seeds345'] or 'none'}; on both: {', '.join(c['both']) or 'none'}."), "",
+             f"| | {head} |", "|---|" + "---|" * len(runs),
+             row("wall time", lambda r: f"{r['wall_s'] / 60:.1f} min ({r['n_trials']} trials, 2 cores)"),
+             row("front (seed means)", lambda r: ", ".join(r["front"])),
+             row("not separable from the front", lambda r: ", ".join(r["not_separable"]) or "none"),
+             row("f*_SFT, f*_DPO", lambda r: f"{r['anchors']['f_star_sft']:.4f}, {r['anchors']['f_star_dpo']:.4f}"),
+             row("hypervolume (all; share of the box to the reference)",
+                 lambda r: f"{r['hypervolume']['all']:.3f} (reference ({r['hypervolume_reference']['point'][0]:.2f}, "
+                           f"{r['hypervolume_reference']['point'][1]:.2f}))"), ""]
+    return lines
+
+
 def ratios_section(paper: dict | None, throughput: dict | None, sweeps_all: dict | None) -> list[str]:
     sweeps = sweeps_all["sweeps"] if sweeps_all else None
     rows = []
@@ -147,13 +169,16 @@ def ratios_section(paper: dict | None, throughput: dict | None, sweeps_all: dict
 
 
 def main() -> None:
-    paper, throughput, sweeps = read_result("paper_comparison"), read_result("throughput"), read_result("sweeps")
-    present = [r for r in (paper, throughput, sweeps) if r]
+    paper, seeds = read_result("paper_comparison"), read_result("seeds")
+    throughput, sweeps = read_result("throughput"), read_result("sweeps")
+    present = [r for r in (paper, seeds, throughput, sweeps) if r]
     if not present:
         raise SystemExit(f"no results in {RESULTS}: run `make bench` first")
     lines = header(present)
     if paper:
         lines += paper_section(paper)
+    if seeds:
+        lines += seeds_section(seeds)
     lines += ratios_section(paper, throughput, sweeps)
     analysis = ROOT / "bench" / "analysis.md"
     if analysis.exists():

@@ -163,7 +163,7 @@ def run_sweep(cfg: ExperimentConfig, resume: bool = False) -> Summary:
 
     # One Tune experiment for the whole grid, so trial processes (and their imports) are
     # reused from the anchors to the last trial.
-    points = sweep_points(cfg.sweep.schedules, cfg.sweep.lams, cfg.sweep.seeds, with_anchors=not cfg.anchors_given)
+    points = sweep_points(cfg.sweep.schedules, cfg.sweep.lams, cfg.sweep.seeds, with_anchors=cfg.sweep.anchors and not cfg.anchors_given)
     given = Anchors(cfg.trial.train.f_star_sft, cfg.trial.train.f_star_dpo) if cfg.anchors_given else None
     sync = MlflowSync(uri, cfg.name, cfg.storage, parent_id, {trial_label(p): trial_params(cfg, p) for p in points})
     done, failed = run_grid(cfg, points, given, sync, resume)
@@ -192,7 +192,7 @@ def run_sweep(cfg: ExperimentConfig, resume: bool = False) -> Summary:
         publish(tracker, parent_id, summary, sweep_dir / "report", ok=not failed)
         where = f"MLflow: {redact_text(uri)} (experiment {cfg.name!r}; `rightsweep ui` to browse)"
     except Exception as e:  # the sweep is done and on storage; only the mirror is behind
-        log.warning("MLflow unavailable at the end of the sweep (%s)", type(e).__name__)
+        log.warning("MLflow unavailable at the end of the sweep (%s: %s)", type(e).__name__, redact_text(str(e))[:300])
         where = (f"MLflow at {redact_text(uri)} is behind: once it is back, run `rightsweep sync --experiment {cfg.name}` "
                  f"(with --set storage={cfg.storage} if that is not your default)")
     print(f"Pareto plot: {paths['png']}\ntable: {paths['csv']}\n{where}")
@@ -226,8 +226,12 @@ def publish(tracker, parent_id: str, summary: Summary, report_dir: Path, ok: boo
 
     if summary.anchors is not None:
         tracker.log_params(parent_id, {"f_star_sft": summary.anchors.f_star_sft, "f_star_dpo": summary.anchors.f_star_dpo})
+    # Metrics and a tag, not params: a front rebuilt from part of a sweep has another reference
+    # point than the finished sweep, and MLflow refuses to change a param.
     ref = summary.reference_point
-    tracker.log_params(parent_id, {"hypervolume_reference": f"({ref[0]:.6g}, {ref[1]:.6g}): {summary.reference_rule}"})
+    metrics = {f"hypervolume/{k}": v for k, v in summary.hypervolume.items()}
+    metrics.update({"hypervolume_reference/sft": ref[0], "hypervolume_reference/dpo": ref[1]})
     now = int(time.time() * 1000)
-    tracker.client.log_batch(parent_id, metrics=[Metric(f"hypervolume/{k}", v, now, 0) for k, v in summary.hypervolume.items()])
+    tracker.client.log_batch(parent_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
+    tracker.set_tags(parent_id, {"hypervolume_reference": summary.reference_rule})
     tracker.finish(parent_id, ok)

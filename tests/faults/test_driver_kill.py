@@ -48,7 +48,7 @@ def test_interrupted_sweep_builds_front_from_finished_trials(head, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((storage / "interrupted" / "report" / "pareto.json").read_text())
     assert len(report["rows"]) == finished_main_runs(storage, "interrupted") >= finished
-    assert report["front"] and set(report["front"]) <= {r["trial_id"] for r in report["rows"]}
+    assert report["front"] and set(report["front"]) <= {f"{r['schedule']}@{r['lam']:g}" for r in report["rows"]}
     assert (storage / "interrupted" / "report" / "pareto.png").stat().st_size > 10_000
 
     # --resume finishes it: finished trials are not rerun, one child run per trial.
