@@ -21,21 +21,27 @@ def paper_figure(data: dict):
     lams, schedules = data["setup"]["lams"], data["setup"]["schedules"]
     fig, (ax, ax_d, ax_r) = plt.subplots(1, 3, figsize=(17, 5.2), dpi=100)
 
+    summary = stats.front(data["trials"], star)
     for s in schedules:
         pts = [t for t in data["trials"] if t["schedule"] == s]
         ax.scatter([t["sft_loss"] for t in pts], [t["dpo_loss"] for t in pts], color=COLORS[s], s=10, alpha=0.35)
-        means = [(np.mean([t["sft_loss"] for t in pts if t["lam"] == lam]), np.mean([t["dpo_loss"] for t in pts if t["lam"] == lam]))
-                 for lam in lams]
-        ax.plot(*zip(*means), "o-", color=COLORS[s], label=stats.LABELS[s], ms=5, lw=1.2)
-        for lam, (x, y) in zip(lams, means):
-            ax.annotate(f"{lam:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        mine = sorted((c for c in summary.cells if c.schedule == s), key=lambda c: c.lam)
+        x, y = [c.sft_loss for c in mine], [c.dpo_loss for c in mine]
+        err = lambda ivs: [[m.mean - max(m.low, 0.0) for m in ivs], [m.high - m.mean for m in ivs]]  # noqa: E731
+        ax.errorbar([m.mean for m in x], [m.mean for m in y], xerr=err(x), yerr=err(y), fmt="o-", color=COLORS[s],
+                    label=stats.LABELS[s], ms=5, lw=1.2, elinewidth=0.7, capsize=2)
+        for c in mine:
+            ax.annotate(f"{c.lam:g}", (c.sft_loss.mean, c.dpo_loss.mean), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    front = summary.front()
+    ax.plot([c.sft_loss.mean for c in front], [c.dpo_loss.mean for c in front], color="black", lw=2.2, alpha=0.5,
+            zorder=1, label="front over seed means")
     ax.scatter([star[0]], [star[1]], marker="*", s=250, color="black", zorder=5, label="ideal point (f*)")
     ax.set_xscale("log")
     ax.set_yscale("symlog", linthresh=1e-2)
     ax.set_ylim(bottom=0)  # losses are never negative: no empty half below zero
     ax.set_xlabel("held-out SFT loss")
     ax.set_ylabel("held-out DPO loss")
-    ax.set_title("Final losses (dots: seeds; line: mean per λ, labelled)")
+    ax.set_title("Final losses (dots: seeds; line: mean per λ with 95 % intervals, labelled)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
 

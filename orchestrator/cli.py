@@ -134,8 +134,6 @@ def cmd_sync(args) -> int:
     runs, points = backfill(cfg, tracker, state["parent_run_id"])
     print(f"MLflow has the {runs} trial run(s) of sweep {name!r}; {points} missing point(s) copied from storage")
     if state.get("finished"):
-        if "f_star_sft" in state:
-            tracker.log_params(state["parent_run_id"], {"f_star_sft": state["f_star_sft"], "f_star_dpo": state["f_star_dpo"]})
         summary = rebuild(tracker, Path(cfg.storage) / name / "report", finished=not state["failed"])
         print(format_table(summary))
     return 0

@@ -35,16 +35,17 @@ def rebuild(tracker: Tracker, out_dir: Path, publish_to_parent: bool = True, fin
     if not main:
         raise LookupError(f"sweep run {parent.info.run_id} has no finished trial yet")
     params = parent.data.params
-    if "f_star_sft" in params and "f_star_dpo" in params:
-        anchors = Anchors(float(params["f_star_sft"]), float(params["f_star_dpo"]))
-    else:  # an interrupted sweep: f* from the anchor trials that finished (Sequential at λ = 0 is SFT alone)
+    given = [params.get(f"trial.train.f_star_{k}", "None") for k in ("sft", "dpo")]
+    if "None" not in given:
+        anchors = Anchors(float(given[0]), float(given[1]))
+    else:  # as the driver does: from the anchor trials that finished (Sequential at λ = 0 is SFT alone)
         anchors = finished_anchors([({**point, "objective": "sft" if point["lam"] == 0.0 else "dpo"}, traj)
                                     for point, traj in anchors_traj.values()])
     results = [trial_result(tid, point, traj) for tid, (point, traj) in main.items()]
     all_traj = [traj for _, traj in [*main.values(), *anchors_traj.values()]]
-    given = params.get("sweep.hypervolume_reference", "None")
+    reference = params.get("sweep.hypervolume_reference", "None")
     numerics = {k.removeprefix("numerics."): v for k, v in params.items() if k.startswith("numerics.")}
-    summary = summarize(results, anchors, initial_point(all_traj), None if given == "None" else ast.literal_eval(given), numerics)
+    summary = summarize(results, anchors, initial_point(all_traj), None if reference == "None" else ast.literal_eval(reference), numerics)
     write_artifacts(summary, {tid: traj for tid, (_, traj) in main.items()}, out_dir)
     if publish_to_parent:
         publish(tracker, parent.info.run_id, summary, out_dir, ok=parent.info.status == "FINISHED" if finished is None else finished)

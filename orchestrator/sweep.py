@@ -224,13 +224,13 @@ def publish(tracker, parent_id: str, summary: Summary, report_dir: Path, ok: boo
         tracker.client.log_artifact(parent_id, str(f))
     from mlflow.entities import Metric
 
-    if summary.anchors is not None:
-        tracker.log_params(parent_id, {"f_star_sft": summary.anchors.f_star_sft, "f_star_dpo": summary.anchors.f_star_dpo})
-    # Metrics and a tag, not params: a front rebuilt from part of a sweep has another reference
-    # point than the finished sweep, and MLflow refuses to change a param.
+    # Metrics and a tag, not params: a front rebuilt from part of a sweep has another f* and
+    # reference point than the finished sweep, and MLflow refuses to change a param.
     ref = summary.reference_point
     metrics = {f"hypervolume/{k}": v for k, v in summary.hypervolume.items()}
     metrics.update({"hypervolume_reference/sft": ref[0], "hypervolume_reference/dpo": ref[1]})
+    if summary.anchors is not None:
+        metrics.update({"f_star/sft": summary.anchors.f_star_sft, "f_star/dpo": summary.anchors.f_star_dpo})
     now = int(time.time() * 1000)
     tracker.client.log_batch(parent_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
     tracker.set_tags(parent_id, {"hypervolume_reference": summary.reference_rule})

@@ -58,7 +58,7 @@ def test_job_submit_sweep_fills_the_mlflow_store(submitted):
     assert {"pareto.png", "pareto.csv", "pareto.json", "config.yaml"} <= artifacts
     png = Path(client.download_artifacts(parent.info.run_id, "pareto.png", str(storage / "dl")))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert {"f_star_sft", "f_star_dpo"} <= set(parent.data.params)
+    assert {"f_star/sft", "f_star/dpo", "hypervolume_reference/sft"} <= set(parent.data.metrics)
     assert "hypervolume/all" in parent.data.metrics
 
 
