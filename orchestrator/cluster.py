@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
 import secrets
+import shutil
 import tempfile
 
 from orchestrator.config import ConfigError, Resources
@@ -50,7 +52,22 @@ def connect() -> None:
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(LOCAL_POLL_S))
     ray.init(include_dashboard=False, _temp_dir=temp_dir, configure_logging=False)
     _started_locally = True
+    # Ray makes its folders (sessions, logs, sockets) world-writable; an owner-only top folder
+    # keeps every other user out of all of them. Ours alone, it goes when this Ray stops.
+    for root, dirs, _ in os.walk(temp_dir):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), 0o700)
+    os.chmod(temp_dir, 0o700)
+    atexit.register(_stop_local, temp_dir)
     log.info("started a local Ray (temp dir %s)", temp_dir)
+
+
+def _stop_local(temp_dir: str) -> None:
+    """At exit: stop the private Ray (before Ray's own exit hook) and remove its temp dir."""
+    import ray
+
+    ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def may_add_nodes() -> bool:

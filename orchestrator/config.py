@@ -6,11 +6,12 @@ answer in well under a second, before Ray or torch are imported.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from workers.config import ConfigError, Section, TrainSpec, TrialConfig  # noqa: F401 (ConfigError: re-exported)
 
@@ -68,12 +69,23 @@ class TrackingSpec(Section):
 
 
 class ExperimentConfig(Section):
-    name: str = Field("default", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$", description="sweep name: MLflow experiment and storage folder")
+    name: str = Field("default", description="sweep name: MLflow experiment and storage folder (letters, digits, _ . -; "
+                      "not starting with a dot)")
     storage: str = Field("results", description="folder (a shared one on a cluster) for checkpoints, results, caches")
     trial: TrialConfig = Field(default_factory=TrialConfig)
     resources: Resources = Field(default_factory=Resources)
     sweep: SweepSpec = Field(default_factory=SweepSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+
+    @field_validator("name")
+    @classmethod
+    def _name_stays_in_storage(cls, v: str) -> str:
+        # '.' resolved to storage itself (a second sweep would have moved the whole storage
+        # aside) and '..' to its parent: a name must be one plain folder below storage.
+        if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", v):
+            raise ValueError(f"{v!r} is not a sweep name: letters, digits, '_', '.', '-', not starting with a dot "
+                             "(it names a folder below storage)")
+        return v
 
     @model_validator(mode="after")
     def _maxright_has_f_star(self) -> "ExperimentConfig":
@@ -103,9 +115,36 @@ class ExperimentConfig(Section):
         return self.trial.train.f_star_sft is not None and self.trial.train.f_star_dpo is not None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice in one mapping is an error: YAML's
+    last-wins would silently drop the first value."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r} (each key once)", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text: str, where: str):
+    """YAML with unique keys; a problem is one line naming where (file, line, column)."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML{at}: {problem}") from None
+
+
 def preset_path(name_or_path: str) -> Path:
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml"):
+        if p.is_dir():
+            raise ConfigError(f"config file {p} is a folder, not a YAML file")
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
         return p
@@ -121,10 +160,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     key, sep, raw = item.partition("=")
     if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
         raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. --set trial.train.lam=0.5")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--set {item!r}: value is not valid YAML ({e.problem})") from e
+    value = parse_yaml(raw, f"--set {item!r}: value") if raw.strip() else ""
     return key.strip().split("."), value
 
 
@@ -159,10 +195,7 @@ def format_validation_error(e: ValidationError) -> str:
 
 def load_config(preset: str = "default", overrides: list[str] | None = None) -> ExperimentConfig:
     path = preset_path(preset)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    raw = parse_yaml(path.read_text(), str(path)) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     raw = apply_overrides(raw, overrides or [])

@@ -18,8 +18,8 @@ log = logging.getLogger("rightsweep")
 
 
 def dataset_columns(path: Path) -> list[str] | None:
-    """Column names of a local json / jsonl / parquet file, reading as little as it can;
-    None when it holds no row."""
+    """Column names of a local json / jsonl / parquet file; None when it holds no row. A
+    jsonl file is parsed line by line, so a broken line deep in it is found here, by number."""
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -27,15 +27,26 @@ def dataset_columns(path: Path) -> list[str] | None:
         return list(meta.schema.names) if meta.num_rows else None
     with open(path) as f:
         if path.suffix == ".jsonl":
-            first = f.readline()
-            return list(json.loads(first)) if first.strip() else None
+            first = None
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError as e:
+                    raise ValueError(f"line {number} is not JSON ({e})") from None
+                first = row if first is None else first
+            return list(first) if first is not None else None
         data = json.load(f)
     rows = data if isinstance(data, list) else data.get("data", []) if isinstance(data, dict) else []
     return list(rows[0]) if rows else None
 
 
 def check_dataset(field: str, spec: DatasetSpec) -> None:
+    if spec.source == EMBEDDED or "://" in spec.source:
+        return
     if not spec.is_local:
+        check_hub_dataset(field, spec)
         return
     path = Path(spec.source)
     if not path.is_file():
@@ -51,13 +62,39 @@ def check_dataset(field: str, spec: DatasetSpec) -> None:
         raise ConfigError(f"{field}.columns: {path} has no column(s) {missing}; it has {have}")
 
 
+def check_hub_dataset(field: str, spec: DatasetSpec) -> None:
+    """A hub dataset must be reachable or in the local Hugging Face cache, as a hub model must:
+    offline, the shared preparation would otherwise fail with a traceback after Ray started."""
+    from huggingface_hub import constants, dataset_info
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        dataset_info(spec.source, timeout=HUB_TIMEOUT_S)
+        return
+    except RepositoryNotFoundError:
+        raise ConfigError(f"{field}.source: {spec.source!r} is not a dataset on the hub (nor a local .json/.jsonl/.parquet)") from None
+    except Exception as e:  # offline mode, DNS, refused or timed-out connections
+        cached = Path(constants.HF_HUB_CACHE) / f"datasets--{spec.source.replace('/', '--')}"
+        if not cached.is_dir():
+            raise ConfigError(
+                f"{field}.source: hub dataset {spec.source!r} is not in the Hugging Face cache and the hub cannot be reached "
+                f"({type(e).__name__}): it needs network access to the hub, or a local .json/.jsonl/.parquet with the same columns"
+            ) from None
+
+
 def check_model(spec: ModelSpec) -> ModelSpec:
     """A hub name must be in the local Hugging Face cache or reachable on the hub: offline,
     a trial would otherwise fail only once its worker tries to download it. Returns the
     spec with a hub revision pinned to its commit, so every trial of a sweep loads the same
     weights and the reference cache is keyed by them (a branch name goes stale silently)."""
     name = spec.name
-    if name == EMBEDDED or Path(name).expanduser().exists():
+    if name == EMBEDDED:
+        return spec
+    local = Path(name).expanduser()
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise ConfigError(f"trial.model.name: {local} is not a saved model (no config.json in it); give a folder "
+                              "written by save_pretrained, a hub name, or 'embedded'")
         return spec
     if name.startswith(("/", ".", "~")) or name.count("/") > 1:
         raise ConfigError(f"trial.model.name: {name} does not exist (allowed: 'embedded', a hub name, or a local path)")

@@ -215,3 +215,38 @@ def test_checkpoints_carry_each_ranks_rng(cache_dir, tmp_path):
     torch.rand(7)  # move on
     load_rng(str(tmp_path), 3, torch.device("cpu"))
     assert torch.equal(torch.rand(5), expected)
+
+
+def test_a_tampered_or_misshapen_reference_cache_is_recomputed(tmp_path, caplog):
+    """A valid safetensors file with other values under the right name was used as it was,
+    and one with 3 rows for 32 pairs was accepted: each entry now carries its content hash
+    and row count, checked on read; a mismatch recomputes with a warning."""
+    import hashlib
+
+    from safetensors.torch import save_file
+
+    from workers.reference import cached_reference
+
+    good = (torch.full((32,), -1.0), torch.full((32,), -2.0))
+    computed = []
+
+    def compute():
+        computed.append(True)
+        return good
+
+    def read():
+        return cached_reference(str(tmp_path), "fp", 32, compute)
+
+    assert read()[2] and len(computed) == 1
+    assert not read()[2] and len(computed) == 1, "an intact entry is read, not recomputed"
+    path = tmp_path / "reference" / "fp.safetensors"
+    save_file({"chosen": torch.zeros(32), "rejected": torch.full((32,), -50.0)}, path)  # other values, no hash
+    chosen, _, now = read()
+    assert now and torch.equal(chosen, good[0]) and "does not match the content hash" in caplog.text
+    three = torch.zeros(3)
+    digest = hashlib.sha256(three.numpy().tobytes() + three.numpy().tobytes()).hexdigest()
+    save_file({"chosen": three, "rejected": three.clone()}, path, metadata={"sha256": digest})  # self-consistent, 3 rows
+    chosen, _, now = read()
+    assert now and torch.equal(chosen, good[0]) and "holds (3,) and (3,) values for 32 pairs" in caplog.text
+    path.write_bytes(b"not safetensors")
+    assert read()[2] and "is unreadable" in caplog.text

@@ -8,7 +8,7 @@ instead of being silently ignored. Plain dicts of scalars cross the Ray boundary
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -84,20 +84,26 @@ class DatasetSpec(Section):
         return "://" not in self.source and Path(self.source).suffix in LOCAL_SUFFIXES
 
     def resolved(self, kind: Literal["sft", "pref"]) -> "DatasetSpec":
-        """Fill the preset's columns and template; make a local path absolute (workers run elsewhere)."""
+        """Fill the preset's columns and template; make a local path absolute (workers run elsewhere).
+        Errors name the field (``trial.data.sft`` or ``trial.data.pref``)."""
+        field = f"trial.data.{kind}"
         presets = SFT_PRESETS if kind == "sft" else PREF_PRESETS
         preset = self.preset or ("alpaca" if kind == "sft" else "hh")
         if preset != "custom" and preset not in presets:
             allowed = ", ".join([*presets, "custom"])
-            raise ValueError(f"preset {preset!r} is not for {kind} data; allowed: {allowed}")
+            raise ValueError(f"{field}.preset: {preset!r} is not for {kind} data; allowed: {allowed}")
         columns = dict(presets.get(preset, {}))
         columns.update(self.columns or {})
         needed = {"prompt", "response"} if kind == "sft" else {"prompt", "chosen", "rejected"}
         allowed_roles = needed | ({"input"} if kind == "sft" else set())
         if missing := needed - columns.keys():
-            raise ValueError(f"columns must map {sorted(missing)} for {kind} data (preset {preset!r})")
+            raise ValueError(f"{field}.columns: must map {sorted(missing)} for {kind} data (preset {preset!r})")
         if extra := columns.keys() - allowed_roles:
-            raise ValueError(f"unknown column roles {sorted(extra)}; allowed: {sorted(allowed_roles)}")
+            raise ValueError(f"{field}.columns: unknown roles {sorted(extra)}; allowed: {sorted(allowed_roles)}")
+        if self.is_local and self.eval_split is not None:
+            raise ValueError(f"{field}.eval_split: {self.source} is one file with no named splits, so {self.eval_split!r} "
+                             "would silently hold out nothing; leave eval_split unset (eval_size rows of whole prompts are "
+                             "held out)")
         template = self.template or ("{prompt}" if preset == "hh" else DEFAULT_TEMPLATE)
         source = str(Path(self.source).expanduser().resolve()) if self.is_local else self.source
         return self.model_copy(update={"preset": preset, "columns": columns, "template": template, "source": source})
@@ -118,7 +124,9 @@ class TrainSpec(Section):
     batch_size: int = Field(16, gt=0, description="rows per objective per step per worker")
     eval_batch_size: int = Field(64, gt=0)
     lr: float = Field(5e-5, gt=0.0)
-    betas: tuple[float, float] = (0.9, 0.95)
+    betas: tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]] = Field(
+        (0.9, 0.95), description="AdamW's betas, each in [0, 1)"
+    )
     weight_decay: float = Field(0.0, ge=0.0)
     max_grad_norm: float = Field(1.0, gt=0.0)
     beta: float = Field(0.1, gt=0.0, description="DPO inverse temperature")

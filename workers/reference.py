@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from workers.data import collate_pairs, eval_batches
 from workers.losses import sequence_logps, shift_for_causal_lm
@@ -64,17 +65,46 @@ def compute_reference(model, dataset, batch_size: int, pad_id: int, device) -> t
     return torch.cat(chosen), torch.cat(rejected)
 
 
-def cached_reference(cache_dir: str, fingerprint: str, compute) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """(chosen, rejected, computed_now). ``compute()`` runs only on a cache miss."""
+def _digest(chosen: torch.Tensor, rejected: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    for t in (chosen, rejected):
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _read_checked(path: Path, rows: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The cached log-probs if the file holds ``rows`` of each and matches the content hash
+    stored with it; None (with a warning) for anything else: a storage shared by design
+    must not feed a trial values nobody computed."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+            chosen, rejected = f.get_tensor("chosen"), f.get_tensor("rejected")
+    except Exception as e:  # unreadable, truncated, or without the two tensors
+        log.warning("reference cache %s is unreadable (%s); recomputing it", path, e)
+        return None
+    if chosen.shape != (rows,) or rejected.shape != (rows,):
+        log.warning("reference cache %s holds %s and %s values for %d pairs; recomputing it",
+                    path, tuple(chosen.shape), tuple(rejected.shape), rows)
+        return None
+    if meta.get("sha256") != _digest(chosen, rejected):
+        log.warning("reference cache %s does not match the content hash stored with it; recomputing it", path)
+        return None
+    return chosen, rejected
+
+
+def cached_reference(cache_dir: str, fingerprint: str, rows: int, compute) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """(chosen, rejected, computed_now) for ``rows`` pairs. ``compute()`` runs on a cache
+    miss, and when the cached file fails its shape or content-hash check."""
     path = Path(cache_dir) / "reference" / f"{fingerprint}.safetensors"
-    if path.exists():
-        t = load_file(path)
-        return t["chosen"], t["rejected"], False
+    if path.exists() and (cached := _read_checked(path, rows)) is not None:
+        return *cached, False
     chosen, rejected = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     os.close(fd)
-    save_file({"chosen": chosen.contiguous(), "rejected": rejected.contiguous()}, tmp)
+    chosen, rejected = chosen.contiguous(), rejected.contiguous()
+    save_file({"chosen": chosen, "rejected": rejected}, tmp, metadata={"sha256": _digest(chosen, rejected), "rows": str(rows)})
     os.replace(tmp, path)  # atomic: a concurrent reader sees all or nothing
     return chosen, rejected, True
 
@@ -106,7 +136,7 @@ def ensure_reference(cfg, tokenizer, pref_train, pref_eval, device):
     out, computed, started = [], [], time.perf_counter()
     for ds in (pref_train, pref_eval):
         fingerprint = pairs_fingerprint(weights_id, ds)
-        chosen, rejected, now = cached_reference(cfg.cache_dir, fingerprint, compute(ds))
+        chosen, rejected, now = cached_reference(cfg.cache_dir, fingerprint, len(ds), compute(ds))
         out.append((chosen, rejected))
         if now:
             computed.append(fingerprint)

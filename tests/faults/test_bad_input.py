@@ -41,7 +41,8 @@ CONFIG_FAULTS = {
     "maxright without f* nor anchors": (["--set", "sweep.anchors=false"],
                                         "sweep.schedules has maxright, which needs f*: set trial.train.f_star_sft and f_star_dpo, or sweep.anchors: true"),
     "--set without =": (["--set", "trial.train.lam"], "--set 'trial.train.lam': expected key.path=value"),
-    "--set with bad YAML": (["--set", "sweep.lams=[0.5,"], "--set 'sweep.lams=[0.5,': value is not valid YAML"),
+    "--set with bad YAML": (["--set", "sweep.lams=[0.5,"], "--set 'sweep.lams=[0.5,': value: not valid YAML at line 1, column 6"),
+    "--set with a key twice": (["--set", "sweep.per_schedule={mix: {lr: 1, lr: 2}}"], "duplicate key 'lr' (each key once)"),
     "--set into a value": (["--set", "trial.train.lr.x=1"], "--set 'trial.train.lr.x=1': 'lr' is not a section"),
     "unknown preset": (["--config", "smok"], "unknown preset 'smok'; presets: default, llama3-8b-lora, pythia-1b, smoke"),
     "switch past the end": (["--set", "trial.train.sequential_switch_step=41"],
@@ -49,7 +50,15 @@ CONFIG_FAULTS = {
     "a per-schedule grid axis": (["--set", "sweep.per_schedule={mix: {lam: 0.2}}"],
                                  "sweep.per_schedule.mix: ['lam'] are set by the grid"),
     "a bad per-schedule value": (["--set", "sweep.per_schedule={mix: {lr: -1}}"], "sweep.per_schedule.mix.lr: Input should be greater than 0"),
-    "a bad sweep name": (["--set", "name=my/sweep"], "name: String should match pattern"),
+    "a bad sweep name": (["--set", "name=my/sweep"], "name: 'my/sweep' is not a sweep name"),
+    # '.' resolved to storage itself, which a second sweep would have moved aside; '..' to its parent.
+    "the name '.'": (["--set", "name=."], "name: '.' is not a sweep name: letters, digits, '_', '.', '-', not starting with a dot"),
+    "the name '..'": (["--set", "name=.."], "name: '..' is not a sweep name"),
+    "AdamW betas above 1": (["--set", "trial.train.betas=[1.5, 0.9]"], "trial.train.betas.0: Input should be less than 1"),
+    "a preset of the other kind": (["--set", "trial.data.sft.preset=hh"], "trial.data.sft.preset: 'hh' is not for sft data; allowed: alpaca, custom"),
+    "an unknown column role": (["--set", "trial.data.pref.columns={answer: out}"], "trial.data.pref.columns: unknown roles ['answer']"),
+    "eval_split on a local file": (["--set", "trial.data.sft.source=/no/such.jsonl", "--set", "trial.data.sft.eval_split=test"],
+                                   "trial.data.sft.eval_split: /no/such.jsonl is one file with no named splits"),
 }
 
 
@@ -145,3 +154,45 @@ def test_a_tracking_server_that_does_not_answer(cache_dir, tmp_path):
                       "--set", f"tracking.tracking_uri={uri}", timeout=300)
     assert_refused(proc, f"tracking.tracking_uri: MLflow at {uri} cannot be used", ray_started=True)
     assert not (tmp_path / "smoke" / "tune").exists(), "no trial started"
+
+
+@pytest.mark.parametrize("text,message", [
+    ("name: a\ntrial:\n\tmodel: {}\n", "not valid YAML at line 3, column 1: found character '\\t' that cannot start any token"),
+    ("name: a\nname: b\n", "not valid YAML at line 2, column 1: duplicate key 'name' (each key once)"),
+])
+def test_a_config_file_with_a_tab_or_a_key_twice(text, message, tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text(text)
+    assert_refused(rightsweep("sweep", "--config", str(path), "--set", f"storage={tmp_path}"), message)
+
+
+def test_a_folder_named_like_a_config_file(tmp_path):
+    (tmp_path / "x.yaml").mkdir()
+    assert_refused(rightsweep("sweep", "--config", str(tmp_path / "x.yaml")), f"config file {tmp_path / 'x.yaml'} is a folder, not a YAML file")
+
+
+def test_a_folder_that_is_not_a_model(tmp_path):
+    """It gave a misleading 'sentencepiece or tiktoken' traceback after Ray started."""
+    (tmp_path / "notes").mkdir()
+    proc = rightsweep("sweep", "--config", "smoke", "--set", f"storage={tmp_path}", "--set", f"trial.model.name={tmp_path / 'notes'}")
+    assert_refused(proc, f"trial.model.name: {tmp_path / 'notes'} is not a saved model (no config.json in it)")
+
+
+def test_a_jsonl_file_broken_past_its_first_line(tmp_path):
+    """The pre-check read the first line only; the third line's error came as a traceback after Ray started."""
+    path = tmp_path / "sft.jsonl"
+    good = json.dumps({"instruction": "a", "input": "", "output": "b"})
+    path.write_text(f"{good}\n{good}\n{{\"instruction\": broken\n")
+    proc = rightsweep("sweep", "--config", "smoke", "--set", f"storage={tmp_path}", "--set", f"trial.data.sft.source={path}")
+    assert_refused(proc, f"trial.data.sft.source: cannot read {path}: line 3 is not JSON")
+
+
+def test_a_hub_dataset_that_is_not_here_needs_network_or_a_local_file(tmp_path):
+    proc = rightsweep("sweep", "--config", "smoke", "--set", f"storage={tmp_path}", "--set", "trial.data.pref.source=Dahoas/rm-hh-rlhf")
+    assert_refused(proc, "trial.data.pref.source: hub dataset 'Dahoas/rm-hh-rlhf' is not in the Hugging Face cache and the hub cannot be reached")
+
+
+def test_a_tracking_uri_with_a_bogus_scheme(tmp_path):
+    proc = rightsweep("sweep", "--config", "smoke", "--set", f"storage={tmp_path}", "--set", "tracking.tracking_uri=bogus://nowhere",
+                      timeout=300)
+    assert_refused(proc, "tracking.tracking_uri: MLflow at bogus://nowhere cannot be used", ray_started=True)

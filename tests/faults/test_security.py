@@ -7,6 +7,7 @@ import pickle
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -180,3 +181,28 @@ def test_no_secret_reaches_mlflow_storage_or_logs(cache_dir, tmp_path):
     for secret in [password, *env_secrets.values()]:
         leaks = [(where, text[max(0, i - 300):i + 50]) for where, text in places.items() if (i := text.find(secret.encode())) >= 0]
         assert not leaks, leaks
+
+
+def test_the_private_rays_temp_dir_is_owner_only_and_removed_at_exit(cache_dir, tmp_path):
+    """Ray left its temp dir and its session, logs and sockets folders 0777, and never
+    removed them: 23 were found in the system temp folder."""
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix="rst-", dir="/tmp"))  # short: Ray's socket paths must stay under 107 chars
+    log = tmp_path / "train.log"
+    cmd = [sys.executable, "-m", "orchestrator", "train", "--config", "smoke", "--set", f"storage={tmp_path / 's'}",
+           "--set", f"trial.cache_dir={cache_dir}", "--set", "trial.train.total_steps=200", "--set", "trial.train.eval_every=100"]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "TMPDIR": str(tmp)})
+        deadline = time.time() + 300
+        while "started a local Ray" not in log.read_text():
+            assert proc.poll() is None and time.time() < deadline, log.read_text()[-2000:]
+            time.sleep(0.2)
+        (ray_dir,) = tmp.glob("rs-ray-*")
+        assert stat.S_IMODE(ray_dir.stat().st_mode) == 0o700
+        sessions = list(ray_dir.glob("session_2*"))
+        assert sessions and all(stat.S_IMODE(p.stat().st_mode) == 0o700 for p in sessions)
+        assert proc.wait(timeout=600) == 0, log.read_text()[-2000:]
+    left = list(tmp.glob("rs-ray-*"))
+    shutil.rmtree(tmp, ignore_errors=True)
+    assert not left, "the private Ray's temp dir is removed when it stops"
