@@ -61,7 +61,7 @@ def test_cluster_yaml_passes_rays_own_checks():
         (["sweep.lams=[]"], "sweep.lams: List should have at least 1 item"),
         (["sweep.lams=[0.5, 2]"], "sweep.lams.1: Input should be less than or equal to 1"),
         (["sweep.anchors=false"], "maxright, which needs f*"),
-        (["trial.data.sft.preset=hh"], "preset 'hh' is not for sft data; allowed: alpaca, custom"),
+        (["trial.data.sft.preset=hh"], "trial.data.sft.preset: 'hh' is not for sft data; allowed: alpaca, custom"),
     ],
 )
 def test_config_errors_name_the_field(overrides, message):
