@@ -1,7 +1,7 @@
 """``rightsweep`` / ``python -m orchestrator``: the command line.
 
 Exit codes: 0 done, 1 the run failed, 2 bad input (config, arguments) found before any
-training started.
+training started, 130 and 143 stopped by SIGINT (Ctrl-C) and SIGTERM.
 """
 
 from __future__ import annotations
@@ -73,9 +73,13 @@ def cmd_train(args) -> int:
     from orchestrator.trial import build_trainer, connect_and_prepare
 
     connect_and_prepare(trial, cfg.resources)
-    result = build_trainer(trial, cfg.resources, name, cfg.storage).fit()
-    if result.error:
-        log.error("trial failed: %s", result.error)
+    try:
+        result = build_trainer(trial, cfg.resources, name, cfg.storage).fit()
+        error = result.error
+    except Exception as e:  # Ray Train raises what its workers raised
+        error = e
+    if error:
+        log.error("trial failed: %s", (str(error).strip().splitlines() or ["?"])[-1][:1000])
         return 1
     trajectory = out_dir / "trajectory.json"
     final = json.loads(trajectory.read_text())["points"][-1]
@@ -89,9 +93,19 @@ def cmd_train(args) -> int:
 def cmd_sweep(args) -> int:
     cfg = load_config(args.config, args.overrides)
     cfg = preflight(cfg)
-    from orchestrator.sweep import run_sweep
+    import signal
 
-    run_sweep(cfg, resume=args.resume)
+    from orchestrator.sweep import Interrupted, run_sweep
+
+    try:
+        run_sweep(cfg, resume=args.resume)
+    except Interrupted as e:
+        import shlex
+
+        again = " ".join(["rightsweep", "sweep", *map(shlex.quote, sys.argv[2:])] + ([] if args.resume else ["--resume"]))
+        print(f"rightsweep: interrupted by {signal.Signals(e.signum).name}: {e}. To continue: {again}  "
+              f"(a front of the finished trials now: rightsweep pareto --experiment {cfg.name})", file=sys.stderr)
+        return 128 + e.signum
     return 0
 
 
@@ -161,3 +175,6 @@ def main(argv: list[str] | None = None) -> int:
         for line in str(e).splitlines():
             print(f"rightsweep: config error: {line}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"rightsweep: {args.command} interrupted", file=sys.stderr)
+        return 130

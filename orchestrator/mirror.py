@@ -2,15 +2,15 @@
 Tune callback), and afterwards from the results on storage (``backfill``: the end of a
 sweep and ``rightsweep sync``).
 
-Tune's results under ``<storage>/<name>/tune/grid`` are the record and MLflow mirrors
-them. Every write is idempotent (``tracking.Tracker``), so mirroring again adds what is
-missing and duplicates nothing.
+What the trials left on storage is the record (``orchestrator.resume`` reads it, as JSON)
+and MLflow mirrors it. A trial's MLflow run is found by its point's label, the same in
+every run of a sweep. Every write is idempotent (``tracking.Tracker``), so mirroring again
+adds what is missing and duplicates nothing.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -39,15 +39,6 @@ def dedupe_steps(points: list[dict]) -> list[dict]:
     its checkpoint."""
     by_step = {int(p["step"]): p for p in points}
     return [by_step[s] for s in sorted(by_step)]
-
-
-def tune_trajectory(df) -> list[dict]:
-    """A trial's evaluation points from Tune's results table (a resumed trial's repeats
-    dropped, NaN cells of other report kinds removed)."""
-    if df is None:
-        return []
-    rows = [{k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))} for row in df.to_dict("records")]
-    return dedupe_steps([row for row in rows if "eval/sft_loss" in row])
 
 
 class MlflowSync:
@@ -93,15 +84,24 @@ class MlflowSync:
             self._down_since = None
         return out
 
-    def _run(self, tracker, trial) -> str:
-        if trial.trial_id not in self._runs:
-            point = trial.config["point"]
-            label = trial_label(point)
-            self._runs[trial.trial_id] = tracker.trial_run(self.parent_id, trial.trial_id, label, self.params[label], point["stage"])
-        return self._runs[trial.trial_id]
+    def _run(self, tracker, trial, running: bool = False) -> str:
+        point = trial.config["point"]
+        label = trial_label(point)
+        if label not in self._runs:
+            self._runs[label] = tracker.trial_run(self.parent_id, label, label, self.params[label], point["stage"], running)
+        return self._runs[label]
 
     def start(self, trial) -> None:
-        self._call(lambda t: self._run(t, trial))
+        self._call(lambda t: self._run(t, trial, running=True))
+
+    def killed(self, labels: list[str]) -> None:
+        """The runs of trials an interrupted sweep stopped: KILLED, not left RUNNING."""
+        def mark(t):
+            for label in labels:
+                if label in self._runs:
+                    t.finish(self._runs[label], status="KILLED")
+
+        self._call(mark)
 
     def result(self, trial, result: dict) -> None:
         if "step" in result:
@@ -140,21 +140,24 @@ def tune_callback(sync: MlflowSync):
 
 
 def backfill(cfg: ExperimentConfig, tracker, parent_id: str) -> tuple[int, int]:
-    """Copy every trial Tune recorded for the sweep ``cfg.name`` into MLflow: its child run
-    (found, or created), the points it lacks, its end status. Returns (runs, new points).
-    Reads only storage (no Ray)."""
-    from ray.tune import ExperimentAnalysis
+    """Copy every trial the sweep ``cfg.name`` left on storage into MLflow: its child run
+    (found by label, or created), the points it lacks, its end status. Returns (runs, new
+    points). Reads only JSON files on storage (no Ray, no pickles)."""
+    from orchestrator import resume
+    from orchestrator.space import sweep_points
 
-    grid = Path(cfg.storage) / cfg.name / "tune" / "grid"
-    if not grid.is_dir():
-        return 0, 0
-    analysis = ExperimentAnalysis(str(grid))
-    frames = analysis.trial_dataframes
-    points = 0
-    for trial in analysis.trials:
-        point = trial.config["point"]
-        run_id = tracker.trial_run(parent_id, trial.trial_id, trial_label(point), trial_params(cfg, point), point["stage"])
-        points += tracker.log_points(run_id, tune_trajectory(frames.get(trial.trial_id)))
-        if trial.status in ("TERMINATED", "ERROR"):
-            tracker.finish(run_id, ok=trial.status == "TERMINATED")
-    return len(analysis.trials), points
+    sweep_dir = Path(cfg.storage) / cfg.name
+    runs = points = 0
+    for point in sweep_points(cfg.sweep.schedules, cfg.sweep.lams, cfg.sweep.seeds, cfg.sweep.anchors and not cfg.anchors_given):
+        label = trial_label(point)
+        reported = resume.reported_points(sweep_dir, label)
+        if not reported and not resume.trial_dirs(sweep_dir, label):
+            continue  # never started
+        run_id = tracker.trial_run(parent_id, label, label, trial_params(cfg, point), point["stage"])
+        runs += 1
+        points += tracker.log_points(run_id, reported)
+        if resume.finished_trajectory(sweep_dir, label) is not None:
+            tracker.finish(run_id, ok=True)
+        elif resume.failed(sweep_dir, label):
+            tracker.finish(run_id, ok=False)
+    return runs, points

@@ -1,8 +1,8 @@
 """The sweep driver: shared preparation, the grid (anchors and main trials), the report.
 
 Runs where ``rightsweep sweep`` (or ``ray job submit … sweep``) starts it. The grid is one
-Tune experiment under ``<storage>/<name>/tune/grid``, so ``--resume`` restores it and
-reruns only what did not finish.
+Tune experiment under ``<storage>/<name>/tune/``; ``--resume`` runs a fresh one over what
+did not finish, found from plain files on storage (``orchestrator.resume``).
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import contextlib
 import json
 import logging
 import math
+import os
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
@@ -19,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from orchestrator.config import ConfigError, ExperimentConfig
-from orchestrator.mirror import MlflowSync, backfill, trial_params, tune_callback, tune_trajectory
+from orchestrator.mirror import MlflowSync, backfill, trial_params, tune_callback
 from orchestrator.pareto import Anchors, Summary, TrialResult, summarize
 from orchestrator.redact import redact, redact_text
 from orchestrator.report import format_table, write_artifacts
@@ -81,32 +83,47 @@ def max_concurrent(cfg: ExperimentConfig, n_trials: int) -> int:
     return max(1, min(fits, n_trials))
 
 
+class _NoTuneRestoreHint(logging.Filter):
+    """Tune's own "Resume experiment with: Tuner.restore(...)" would load its pickled state;
+    the sweep's own line says how to continue (``--resume``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore" not in record.getMessage()
+
+
 def run_grid(cfg: ExperimentConfig, points: list[dict], anchors: Anchors | None, sync: MlflowSync | None, resume: bool):
-    """One Tune experiment over ``points``; returns {trial_id: (point, trajectory)} of the
-    trials that finished, and the ids of those that failed."""
+    """A fresh Tune experiment over the points that have not finished (on ``resume``, those
+    of earlier runs of the sweep are kept; an unfinished local-mode trial continues from its
+    latest whole checkpoint). Tune's own saved state is never loaded (``orchestrator.resume``).
+    Returns ({label: (point, trajectory)} of the finished points, failed labels, unfinished labels)."""
     from ray import tune
 
-    from orchestrator.trial import tune_trial
+    from orchestrator import resume as stored
+    from orchestrator.trial import anchor_watch, tune_trial
 
+    logging.getLogger("ray.tune.tune").addFilter(_NoTuneRestoreHint())
     sweep_dir = Path(cfg.storage) / cfg.name
-    path = sweep_dir / "tune" / "grid"
-    # Trials never talk to MLflow (the driver mirrors their results), so its URI, which may
-    # carry a password, stays out of what Tune pickles onto storage.
-    experiment = cfg.model_dump(exclude={"tracking"})
-    trainable = tune.with_parameters(tune_trial, experiment=experiment, anchors=asdict(anchors) if anchors else None)
-    # With workers, the trial process only drives a TorchTrainer and reserves no CPU (a
-    # token of memory, as Ray refuses an empty bundle); in local mode it trains.
-    trial_needs = cfg.resources.per_process() if cfg.resources.num_workers == 0 else {"memory": DRIVER_MEMORY}
-    trainable = tune.with_resources(trainable, trial_needs)
-    if resume and tune.Tuner.can_restore(str(path)):
-        log.info("resuming the sweep from %s", path)
-        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
-    else:
+    local = cfg.resources.num_workers == 0
+    todo = [p for p in points if not (resume and stored.finished_trajectory(sweep_dir, trial_label(p)) is not None)]
+    resume_from = {}
+    if resume:
+        resume_from = {trial_label(p): c for p in todo if local and (c := stored.latest_checkpoint(sweep_dir, trial_label(p)))}
+        log.info("resuming: %d of %d trials had finished; %d continue from a checkpoint", len(points) - len(todo),
+                 len(points), len(resume_from))
+    errors = {}
+    if todo:
+        # Trials never talk to MLflow (the driver mirrors their results), so its URI, which may
+        # carry a password, stays out of what Tune pickles onto storage.
+        trainable = tune.with_parameters(tune_trial, experiment=cfg.model_dump(exclude={"tracking"}),
+                                         anchors=asdict(anchors) if anchors else None, resume_from=resume_from)
+        # With workers, the trial process only drives a TorchTrainer and reserves no CPU (a
+        # token of memory, as Ray refuses an empty bundle); in local mode it trains.
+        trainable = tune.with_resources(trainable, cfg.resources.per_process() if local else {"memory": DRIVER_MEMORY})
         tuner = tune.Tuner(
             trainable,
-            param_space={"point": tune.grid_search(points)},
+            param_space={"point": tune.grid_search(todo)},
             tune_config=tune.TuneConfig(
-                max_concurrent_trials=max_concurrent(cfg, len(points)),
+                max_concurrent_trials=max_concurrent(cfg, len(todo)),
                 # A trial process is kept for the next trial: its imports (torch, transformers,
                 # datasets: most of a short trial's fixed cost) are paid once per slot.
                 reuse_actors=True,
@@ -114,28 +131,107 @@ def run_grid(cfg: ExperimentConfig, points: list[dict], anchors: Anchors | None,
                 trial_dirname_creator=lambda t: f"{trial_label(t.config['point'])}-{t.trial_id}",
             ),
             run_config=tune.RunConfig(
-                name="grid",
+                name=stored.next_experiment(sweep_dir),
                 storage_path=str(sweep_dir / "tune"),
-                callbacks=[tune_callback(sync)] if sync else [],
+                # A local-mode trial whose process dies is retried by Tune, from its last
+                # checkpoint; with workers, Ray Train restarts them (resources.max_failures).
+                failure_config=tune.FailureConfig(max_failures=cfg.resources.max_failures if local else 0),
+                callbacks=[anchor_watch(sweep_dir), *([tune_callback(sync)] if sync else [])],
                 verbose=1,
             ),
         )
-    grid = tuner.fit()
-    finished, failed = {}, []
-    for r in grid:
-        trial_id = r.metrics.get("trial_id") if r.metrics else None
-        if r.error is not None or r.metrics_dataframe is None:
-            failed.append(trial_id or str(r.path))
-            log.warning("trial %s failed: %s", trial_id or r.path, r.error)
-            continue
-        finished[trial_id] = (r.config["point"], tune_trajectory(r.metrics_dataframe))
-    return finished, failed
+        catch_sigterm()  # Ray is running in this process now
+        errors = {trial_label(r.config["point"]): r.error for r in tuner.fit() if r.error is not None}
+    finished, failed, unfinished = {}, [], []
+    for p in points:
+        label = trial_label(p)
+        if (traj := stored.finished_trajectory(sweep_dir, label)) is not None:
+            finished[label] = (p, traj)
+        elif label in errors:
+            failed.append(label)
+            log.warning("trial %s failed: %s", label, (str(errors[label]).strip().splitlines() or ["?"])[-1][:500])
+        else:
+            unfinished.append(label)
+    return finished, failed, unfinished
+
+
+class Interrupted(Exception):
+    """The sweep was stopped by a signal; nothing was built from its unfinished trials."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+
+
+_CAUGHT: list[int] = []  # the stop signals this driver received
+
+
+def _on_sigterm(signum, frame):
+    _CAUGHT.append(signum)
+    signal.raise_signal(signal.SIGINT)
+
+
+def catch_sigterm() -> None:
+    """SIGTERM stops a sweep as Ctrl-C does: Tune's own SIGINT handler ends the experiment
+    cleanly (outside it, Python raises KeyboardInterrupt). Installed again once Ray runs in
+    this process: Ray's core worker puts its own SIGTERM handler in, which exits at once."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+_LOCKS: list = []  # open lock files: a lock lives as long as this process
+
+
+def hold_lock(cfg: ExperimentConfig) -> None:
+    """One driver per sweep name and storage: a second one would interleave its trials,
+    checkpoints and MLflow runs with the first's."""
+    import fcntl
+    import socket
+
+    f = open(Path(cfg.storage) / f".{cfg.name}.lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise ConfigError(f"name: sweep {cfg.name!r} is already running on {cfg.storage} ({holder}); wait for it to "
+                          "end, or choose another name") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    f.flush()
+    _LOCKS.append(f)
+
+
+def resident_mb() -> float:
+    with contextlib.suppress(OSError, StopIteration):
+        status = Path("/proc/self/status").read_text().splitlines()
+        return int(next(line.split()[1] for line in status if line.startswith("VmRSS:"))) / 1024
+    return math.nan
 
 
 def run_sweep(cfg: ExperimentConfig, resume: bool = False) -> Summary:
+    """The whole sweep; a SIGINT or SIGTERM ends it as ``Interrupted`` (the CLI exits 130 or
+    143), with its unfinished trials' MLflow runs KILLED and nothing reported from them."""
+    _CAUGHT.clear()
+    previous = signal.getsignal(signal.SIGTERM)
+    catch_sigterm()
+    try:
+        return _run_sweep(cfg, resume)
+    except KeyboardInterrupt:
+        raise Interrupted(_CAUGHT[0] if _CAUGHT else signal.SIGINT, "stopped before any trial started") from None
+    except Interrupted as e:
+        e.signum = _CAUGHT[0] if _CAUGHT else e.signum
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_sweep(cfg: ExperimentConfig, resume: bool) -> Summary:
     from orchestrator.tracking import tracking_uri
     from orchestrator.trial import connect_and_prepare
 
+    hold_lock(cfg)
     sweep_dir = Path(cfg.storage) / cfg.name
     state_file = sweep_dir / "sweep.json"
     state = json.loads(state_file.read_text()) if resume and state_file.exists() else {}
@@ -157,7 +253,8 @@ def run_sweep(cfg: ExperimentConfig, resume: bool = False) -> Summary:
         params = {**redact(flatten(cfg.model_dump())), **{f"numerics.{k}": v for k, v in numerics.items()}}
         parent_id = tracker.start_parent(cfg.name, params, state.get("parent_run_id"))
     # What `rightsweep sync` needs to mirror this sweep later: its run and its config.
-    state.update(parent_run_id=parent_id, tracking_uri=redact_text(uri), config=redact(cfg.model_dump()), numerics=numerics)
+    state.update(parent_run_id=parent_id, tracking_uri=redact_text(uri), config=redact(cfg.model_dump()), numerics=numerics,
+                 finished=False)
     state_file.write_text(json.dumps(state, indent=1))
     log.info("MLflow: experiment %r, parent run %s, store %s", cfg.name, parent_id, redact_text(uri))
 
@@ -166,7 +263,16 @@ def run_sweep(cfg: ExperimentConfig, resume: bool = False) -> Summary:
     points = sweep_points(cfg.sweep.schedules, cfg.sweep.lams, cfg.sweep.seeds, with_anchors=cfg.sweep.anchors and not cfg.anchors_given)
     given = Anchors(cfg.trial.train.f_star_sft, cfg.trial.train.f_star_dpo) if cfg.anchors_given else None
     sync = MlflowSync(uri, cfg.name, cfg.storage, parent_id, {trial_label(p): trial_params(cfg, p) for p in points})
-    done, failed = run_grid(cfg, points, given, sync, resume)
+    before = resident_mb()
+    try:
+        done, failed, unfinished = run_grid(cfg, points, given, sync, resume)
+    except KeyboardInterrupt:  # before Tune took over the signal
+        unfinished, done, failed = [trial_label(p) for p in points], {}, []
+    log.info("driver memory: %.0f MB resident as the grid started, %.0f MB after its %d trials", before, resident_mb(), len(points))
+    if unfinished:
+        stop_interrupted(tracker, sync, parent_id, unfinished)
+        raise Interrupted(signal.SIGINT, f"{len(done)} of {len(points)} trials finished, {len(failed)} failed, "
+                                         f"{len(unfinished)} did not finish; nothing was built from those")
     anchors = given or finished_anchors([(point, traj) for point, traj in done.values() if point["stage"] == "anchor"])
     if anchors is None:
         log.warning("no f*: %s; gaps and ideal distances are not computed",
@@ -199,6 +305,15 @@ def run_sweep(cfg: ExperimentConfig, resume: bool = False) -> Summary:
     if failed:
         print(f"{len(failed)} trial(s) failed: {', '.join(map(str, failed))}")
     return summary
+
+
+def stop_interrupted(tracker, sync: MlflowSync, parent_id: str, unfinished: list[str]) -> None:
+    """An interrupted sweep's unfinished trial runs and its own run end KILLED."""
+    sync.killed(unfinished)
+    try:
+        tracker.finish(parent_id, status="KILLED")
+    except Exception as e:  # MLflow down too: the runs stay RUNNING until `sync` or --resume
+        log.warning("MLflow unavailable (%s); the sweep's run is left RUNNING", type(e).__name__)
 
 
 @contextlib.contextmanager

@@ -78,14 +78,16 @@ class Tracker:
         for i in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[i : i + 100])
 
-    def trial_run(self, parent_id: str, trial_id: str, label: str, params: dict, stage: str) -> str:
+    def trial_run(self, parent_id: str, trial_id: str, label: str, params: dict, stage: str, running: bool = False) -> str:
         """The child run of a trial: found by its tag, else created under the parent. A found
         run gets the params it lacks (MLflow may have gone away between creating it and
-        logging them)."""
+        logging them), and is set RUNNING again when ``running`` (a resumed trial starts)."""
         found = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}'", max_results=1)
         if found:
             run = found[0]
             self.log_params(run.info.run_id, {k: v for k, v in params.items() if k not in run.data.params})
+            if running and run.info.status != "RUNNING":
+                self.client.update_run(run.info.run_id, status="RUNNING")
             return run.info.run_id
         tags = {"mlflow.parentRunId": parent_id, TRIAL_TAG: trial_id, ROLE_TAG: "trial", STAGE_TAG: stage,
                 "schedule": str(params.get("schedule")), "stage": stage}
@@ -106,10 +108,10 @@ class Tracker:
         have.update(int(p["step"]) for p in new)
         return len(new)
 
-    def finish(self, run_id: str, ok: bool = True) -> None:
-        """End a run, unless it already ended so (a restored trial that had finished
-        completes again with nothing new: its end time stays)."""
-        status = RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED)
+    def finish(self, run_id: str, ok: bool = True, status: str | None = None) -> None:
+        """End a run FINISHED or FAILED (or as ``status`` says, e.g. KILLED), unless it already
+        ended so (a trial that had finished completes again with nothing new: its end time stays)."""
+        status = status or RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED)
         if self.client.get_run(run_id).info.status != status:
             self.client.set_terminated(run_id, status)
 

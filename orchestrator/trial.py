@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -108,42 +109,67 @@ def build_trainer(trial: TrialConfig, resources: Resources, name: str, storage: 
     )
 
 
-def tune_trial(config: dict, experiment: dict, anchors: dict | None) -> None:
+def tune_trial(config: dict, experiment: dict, anchors: dict | None, resume_from: dict[str, str]) -> None:
     """The Tune function of a sweep: one grid point -> one ``TorchTrainer.fit()``.
 
     With ``num_workers=0`` the loop runs right here (Ray Train local mode) and reports
     through ``ray.tune``; with workers, ``TuneReportCallback`` forwards rank 0's reports.
+    Everything a point leaves on storage is named by its label (its Train run, its output,
+    its MLflow run), so a later run of the sweep finds it again (``orchestrator.resume``);
+    ``resume_from`` maps labels to the local-mode checkpoints to continue from.
     ``anchors`` is f* when the config gives it; otherwise an anchor trial publishes its best
     loss on storage when it ends, and a MAXRIGHT trial waits for every anchor seed's.
     """
-    import ray.tune
-
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")  # a fresh actor has none
     cfg = ExperimentConfig.model_validate(experiment)
     point = config["point"]
-    trial_id = ray.tune.get_context().get_trial_id()
+    label = trial_label(point)
+    log.info("%s starts in process %d", label, os.getpid())  # for an operator who must stop one trial
     sweep_dir = Path(cfg.storage) / cfg.name
     if point["stage"] == "anchor":
         anchor_file(sweep_dir, point["objective"], point["seed"]).unlink(missing_ok=True)  # a rerun's, not an old failure
     if anchors is None and point["schedule"] == "maxright":
         anchors = wait_for_anchors(sweep_dir, cfg.sweep.seeds)
     trial = apply_point(cfg.trial, point, Anchors(**anchors) if anchors else None, cfg.sweep.per_schedule)
-    trial = trial.model_copy(update={"output_dir": str(sweep_dir / "trials" / trial_id)})
+    trial = trial.model_copy(update={"output_dir": str(sweep_dir / "trials" / label), "resume_from": resume_from.get(label)})
     callbacks = []
     if cfg.resources.num_workers:
         from ray.tune.integration.ray_train import TuneReportCallback
 
         callbacks.append(TuneReportCallback())
     try:
-        result = build_trainer(trial, cfg.resources, trial_id, str(sweep_dir), callbacks).fit()
+        result = build_trainer(trial, cfg.resources, label, str(sweep_dir), callbacks).fit()
         if result.error:
             raise result.error
     except BaseException as e:
         if point["stage"] == "anchor":
-            publish_anchor(sweep_dir, point["objective"], point["seed"], {"error": f"{trial_label(point)} failed: {e}"[:2000]})
+            publish_anchor(sweep_dir, point["objective"], point["seed"], {"error": f"{label} failed: {e}"[:2000]})
         raise
     if point["stage"] == "anchor":
         points = json.loads((Path(trial.output_dir) / "trajectory.json").read_text())["points"]
         publish_anchor(sweep_dir, point["objective"], point["seed"], {"best": best_loss(point["objective"], points)})
+
+
+def anchor_watch(sweep_dir: Path):
+    """A Tune callback on the driver: an anchor trial that fails for good (its retries spent)
+    without saying so itself — its process was killed — is published as failed, so the
+    MAXRIGHT trials waiting for it fail with its name instead of waiting for ever."""
+    from ray.tune import Callback
+
+    class _AnchorWatch(Callback):
+        def on_trial_error(self, iteration, trials, trial, **info):
+            point = trial.config["point"]
+            if point["stage"] != "anchor":
+                return
+            path = anchor_file(sweep_dir, point["objective"], point["seed"])
+            if not path.exists():
+                try:  # Tune's error.txt, last line: the exception
+                    reason = Path(trial.error_file).read_text().strip().splitlines()[-1][:500]
+                except (TypeError, OSError, IndexError):
+                    reason = "its process died"
+                publish_anchor(sweep_dir, point["objective"], point["seed"], {"error": f"{trial_label(point)} failed: {reason}"})
+
+    return _AnchorWatch()
 
 
 def anchor_file(sweep_dir: Path, objective: str, seed: int) -> Path:

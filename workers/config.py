@@ -168,6 +168,9 @@ class TrialConfig(Section):
     )
     cache_dir: str | None = Field(None, description="embedded model and data, reference log-probs; default <storage>/cache")
     output_dir: str | None = Field(None, description="where the final model and trajectory go (set by the driver)")
+    resume_from: str | None = Field(
+        None, description="a checkpoint folder to continue from when Ray has none (set by the driver on --resume)"
+    )
 
     def resolved(self) -> "TrialConfig":
         """Absolute paths and filled presets: what the driver hands to the workers."""

@@ -102,7 +102,13 @@ def fit(cfg: TrialConfig, session) -> list[dict]:
     # thread count gives other bits, and by the end other losses.
     torch.set_num_threads(cfg.threads)
     reset_peak_memory(session.device)
-    with session.latest_checkpoint() as resume_dir:
+    with session.latest_checkpoint() as ray_checkpoint:
+        # Ray's checkpoint of this run first; else the one the driver found for a trial of an
+        # earlier run of the sweep (``--resume`` starts a fresh Tune experiment).
+        resume_dir = ray_checkpoint or cfg.resume_from
+        if resume_dir and (problem := checkpoint_problem(resume_dir, session.rank)):
+            raise RuntimeError(f"checkpoint {resume_dir} is damaged ({problem}); delete that folder to resume from the "
+                               "checkpoint before it, or rerun the trial from the start")
         s = setup(cfg, session, resume_dir)
         progress = load_progress(resume_dir, s, session.rank, session.device) if resume_dir else Progress()
     progress.setup_seconds = time.perf_counter() - started
@@ -405,6 +411,28 @@ def save_checkpoint(d: str, s: Setup, progress: Progress) -> None:
         "streams": {k: v.state_dict() for k, v in s.streams.items()},
     }
     (d / "state.json").write_text(json.dumps(state))
+
+
+def checkpoint_problem(d: str | Path, rank: int = 0) -> str | None:
+    """What is wrong with a checkpoint folder, or None if it is whole enough to resume from:
+    a damaged file found here is one clear line, not a traceback from deep in a loader."""
+    d = Path(d)
+    try:
+        state = json.loads((d / "state.json").read_text())
+        int(state["step"]), state["schedule"], state["streams"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"state.json: {type(e).__name__}: {e}"[:300]
+    model = d / "model"
+    if not any(model.glob("*.safetensors")):
+        return "model/: no safetensors weights"
+    for name in ("optimizer.pt", f"rng/rank{rank}.pt"):
+        try:
+            with open(d / name, "rb") as f:
+                if not f.read(4).startswith(b"PK"):  # torch.save writes a zip archive
+                    return f"{name}: not a torch archive"
+        except OSError as e:
+            return f"{name}: {e.strerror or e}"
+    return None
 
 
 def rng_file(d: str | Path, rank: int) -> Path:

@@ -62,3 +62,21 @@ def test_a_killed_worker_is_restarted_and_resumes_exactly(ray_local, cache_dir, 
     steps = Counter(json.loads((d / "state.json").read_text())["step"] for d in checkpoints(tmp_path / "runs" / "killed"))
     assert set(steps) == set(range(20, 201, 20))
     assert steps[20] == 1 and sum(n > 1 for n in steps.values()) <= 1
+
+
+def test_a_damaged_checkpoint_of_a_multi_worker_trial_is_named_not_loaded(ray_local, cache_dir, tmp_path):
+    """Two workers stop after their step-20 checkpoint; its state.json is then cut short. The
+    rerun fails with one line naming the checkpoint and the file, instead of a traceback from
+    deep in a loader (and resumes once the damaged folder is gone)."""
+    from orchestrator.trial import build_trainer
+
+    two = Resources(num_workers=2)
+    common = dict(schedule="alright", lam=0.5, total_steps=40, eval_every=10, checkpoint_every=10)
+    first = build_trainer(smoke_trial(cache_dir, tmp_path / "out", **common, stop_after=20), two, "damaged", str(tmp_path)).fit()
+    assert first.error is None and first.metrics["step"] == 20
+    latest = checkpoints(tmp_path / "runs" / "damaged")[-1]
+    state = latest / "state.json"
+    state.write_text(state.read_text()[: len(state.read_text()) // 2])
+    with pytest.raises(Exception) as failed:
+        build_trainer(smoke_trial(cache_dir, tmp_path / "out", **common), two, "damaged", str(tmp_path)).fit()
+    assert f"RuntimeError: checkpoint {latest} is damaged (state.json: JSONDecodeError" in str(failed.value)
