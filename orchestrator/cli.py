@@ -45,7 +45,7 @@ def parser() -> argparse.ArgumentParser:
     pa.add_argument("--experiment", help="sweep name (default: the config's name)")
     pa.add_argument("--out", help="folder for pareto.png/csv/json (default: <storage>/<name>/report)")
 
-    sy = sub.add_parser("sync", help="copy a sweep's trials from Tune's results on storage into MLflow (after an outage)")
+    sy = sub.add_parser("sync", help="copy a sweep's trials from its results on storage into MLflow (after an outage)")
     _common(sy)
     sy.add_argument("--experiment", help="sweep name (default: the config's name)")
 

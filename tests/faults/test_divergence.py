@@ -39,7 +39,7 @@ def test_in_a_sweep_the_diverging_trials_fail_and_the_others_make_the_front(cach
     assert proc.returncode == 0, proc.stderr[-4000:]
     diverged = re.findall(r"training diverged: the (SFT|DPO) loss was (?:nan|inf|-inf) at step (\d+) \(trial.train.lr=1e\+30\)",
                           proc.stderr)
-    assert len({line for line in proc.stderr.splitlines() if "trial mix-lam" in line and "failed" in line}) == 2
+    assert len({line for line in proc.stderr.splitlines() if "rightsweep.sweep: trial mix-lam" in line and "failed" in line}) == 2
     assert diverged and all(int(step) <= 20 for _, step in diverged), "fails at the first report after the NaN"
     assert "2 trial(s) failed" in proc.stdout
     with open(tmp_path / "smoke" / "report" / "pareto.csv") as f:

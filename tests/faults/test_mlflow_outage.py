@@ -3,6 +3,7 @@ Tune's results on storage, and ``rightsweep sync`` backfills MLflow once the ser
 back, without duplicating what it already had."""
 
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.mlflowserver import MlflowServer
+from tests.planted import Planted
 from tests.raycluster import free_ports
 
 STEPS = [0, 100, 200, 300]
@@ -64,8 +66,12 @@ def test_the_sweep_outlives_the_mlflow_server_and_sync_backfills_it(server, cach
                 and [m.step for m in client.get_metric_history(r.info.run_id, "eval/sft_loss")] == STEPS]
     assert 1 <= len(complete) < 4, "the outage left MLflow behind"
 
+    # `sync` reads what trials left on shared storage: a pickle planted in Tune's state must not run.
+    marker = tmp_path / "pwned"
+    (tmp_path / "storage" / "smoke" / "tune" / "grid" / "tuner.pkl").write_bytes(pickle.dumps(Planted(marker)))
     sync = rightsweep("sync", *config, "--experiment", "smoke")
     out, err = sync.communicate(timeout=300)
+    assert not marker.exists()
     assert sync.returncode == 0, err[-4000:]
     assert "MLflow has the 4 trial run(s) of sweep 'smoke'" in out
     runs = trial_runs(client)
@@ -73,7 +79,7 @@ def test_the_sweep_outlives_the_mlflow_server_and_sync_backfills_it(server, cach
     assert {r.info.run_id for r in complete} <= {r.info.run_id for r in runs}, "runs already there were reused"
     for r in runs:
         assert r.info.status == "FINISHED"
-        assert [m.step for m in client.get_metric_history(r.info.run_id, "eval/sft_loss")] == STEPS
+        assert sorted(m.step for m in client.get_metric_history(r.info.run_id, "eval/sft_loss")) == STEPS
     parent = client.get_run(runs[0].data.tags["mlflow.parentRunId"])
     assert parent.info.status == "FINISHED" and "hypervolume/all" in parent.data.metrics
 
