@@ -94,8 +94,8 @@ def seeds_section(data: dict) -> list[str]:
     head = " | ".join(f"seeds {', '.join(map(str, r['seeds']))}" for r in runs)
     row = lambda name, f: f"| {name} | " + " | ".join(f(r) for r in runs) + " |"  # noqa: E731
     lines = ["### Does the default sweep's front hinge on its seeds?", "",
-             f"The default sweep (`rightsweep sweep`: anchors for every seed, then 12 cells × 3 seeds, 600 steps) run twice "
-             f"with other seeds (`python -m bench.seeds`). Front over seed means: "
+             "The default sweep (`rightsweep sweep`: anchors for every seed, then 12 cells × 3 seeds, 600 steps) run twice "
+             "with other seeds (`python -m bench.seeds`). Front over seed means: "
              + ("**the same cells with both seed sets**." if c["same_front"] else
                 f"**it differs**: only with the first seeds {c['only_seeds012'] or 'none'}, only with the second "
                 f"{c['only_seeds345'] or 'none'}; on both: {', '.join(c['both']) or 'none'}."), "",
