@@ -15,6 +15,9 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
+from workers import metrics
+from workers.schedules import ALRIGHT
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 WORK = ROOT / "bench" / ".work"  # caches and scratch sweeps; not committed
@@ -81,13 +84,13 @@ def _fit_in_this_process(raw: dict) -> dict:
     wall = time.perf_counter() - started
     first, last = trajectory[0], trajectory[-1]
     return {
-        "sft_loss": last["eval/sft_loss"], "dpo_loss": last["eval/dpo_loss"], "pref_accuracy": last["eval/pref_accuracy"],
-        "train_s": last["time/train_s"], "eval_s": last["time/eval_s"], "fit_wall_s": wall,
-        "peak_mem_mb": last["system/peak_mem_mb"], "setup_peak_mem_mb": first["system/peak_mem_mb"],
-        "updates_sft": last["updates/sft"], "updates_dpo": last["updates/dpo"],
-        "best_sft_loss": min(p["eval/sft_loss"] for p in trajectory),
-        "best_dpo_loss": min(p["eval/dpo_loss"] for p in trajectory),
-        "trajectory": [[p["step"], p["eval/sft_loss"], p["eval/dpo_loss"]] for p in trajectory],
+        "sft_loss": last[metrics.SFT_LOSS], "dpo_loss": last[metrics.DPO_LOSS], "pref_accuracy": last[metrics.PREF_ACCURACY],
+        "train_s": last[metrics.TRAIN_S], "eval_s": last[metrics.EVAL_S], "fit_wall_s": wall,
+        "peak_mem_mb": last[metrics.PEAK_MEM_MB], "setup_peak_mem_mb": first[metrics.PEAK_MEM_MB],
+        "updates_sft": last[metrics.updates("sft")], "updates_dpo": last[metrics.updates("dpo")],
+        "best_sft_loss": min(p[metrics.SFT_LOSS] for p in trajectory),
+        "best_dpo_loss": min(p[metrics.DPO_LOSS] for p in trajectory),
+        "trajectory": [[p[metrics.STEP], p[metrics.SFT_LOSS], p[metrics.DPO_LOSS]] for p in trajectory],
     }
 
 
@@ -104,4 +107,4 @@ def run_trial(raw: dict) -> dict:
 
 def prepare_cache() -> None:
     """Build the embedded model, data and reference log-probs once, before anything is timed."""
-    run_trial(trial_config(schedule="alright", total_steps=1, eval_every=1))
+    run_trial(trial_config(schedule=ALRIGHT, total_steps=1, eval_every=1))

@@ -11,8 +11,9 @@ import numpy as np  # noqa: E402
 
 from bench import stats  # noqa: E402
 from bench.common import RESULTS  # noqa: E402
+from workers.schedules import ALRIGHT, MAXRIGHT, MIX
 
-COLORS = {"seq_dpo_sft": "tab:green", "seq_sft_dpo": "tab:olive", "mix": "tab:purple", "alright": "tab:red", "maxright": "tab:blue"}
+COLORS = {"seq_dpo_sft": "tab:green", "seq_sft_dpo": "tab:olive", MIX: "tab:purple", ALRIGHT: "tab:red", MAXRIGHT: "tab:blue"}
 
 
 def paper_figure(data: dict):

@@ -16,9 +16,10 @@ import time
 
 from bench import stats
 from bench.common import prepare_cache, quiet_offline, run_trial, trial_config, write_result
+from workers.schedules import ALRIGHT, MAXRIGHT, MIX, SEQUENTIAL
 
 LAMS = [0.1, 0.25, 0.5, 0.75, 0.9]
-SCHEDULES = ["seq_dpo_sft", "seq_sft_dpo", "mix", "alright", "maxright"]
+SCHEDULES = ["seq_dpo_sft", "seq_sft_dpo", MIX, ALRIGHT, MAXRIGHT]
 ABLATION_KS = [1, 10, 100, 1000]
 ABLATION_LAM = 0.5
 DEFAULT_K = 10
@@ -27,8 +28,8 @@ DEFAULT_K = 10
 def train_overrides(schedule: str, lam: float, seed: int, star=None, k: int = DEFAULT_K) -> dict:
     if schedule.startswith("seq_"):
         order = "dpo_first" if schedule == "seq_dpo_sft" else "sft_first"
-        return {"schedule": "sequential", "sequential_order": order, "lam": lam, "seed": seed}
-    extra = {"f_star_sft": star[0], "f_star_dpo": star[1], "maxright_eval_every": k} if schedule == "maxright" else {}
+        return {"schedule": SEQUENTIAL, "sequential_order": order, "lam": lam, "seed": seed}
+    extra = {"f_star_sft": star[0], "f_star_dpo": star[1], "maxright_eval_every": k} if schedule == MAXRIGHT else {}
     return {"schedule": schedule, "lam": lam, "seed": seed, **extra}
 
 
@@ -69,11 +70,11 @@ def run(seeds: list[int], steps: int | None) -> dict:
                 trials.append({"schedule": schedule, "lam": lam, "seed": seed, "k": DEFAULT_K, **r})
                 progress.tick(f"{schedule} λ={lam:g} seed {seed}", r)
 
-    ablation = [dict(t) for t in trials if t["schedule"] == "maxright" and t["lam"] == ABLATION_LAM]
+    ablation = [dict(t) for t in trials if t["schedule"] == MAXRIGHT and t["lam"] == ABLATION_LAM]
     for seed in seeds:
         for k in extra_ks:
-            r = run_trial(trial_config(**train_overrides("maxright", ABLATION_LAM, seed, star, k), **budget))
-            ablation.append({"schedule": "maxright", "lam": ABLATION_LAM, "seed": seed, "k": k, **r})
+            r = run_trial(trial_config(**train_overrides(MAXRIGHT, ABLATION_LAM, seed, star, k), **budget))
+            ablation.append({"schedule": MAXRIGHT, "lam": ABLATION_LAM, "seed": seed, "k": k, **r})
             progress.tick(f"maxright k={k} λ={ABLATION_LAM:g} seed {seed}", r)
     baselines = [t for t in trials if t["schedule"] == stats.BASELINE and t["lam"] == ABLATION_LAM]
     return {

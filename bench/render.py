@@ -12,6 +12,7 @@ import math
 from bench import stats
 from bench.common import RESULTS, ROOT, read_result
 from bench.sweeps import SWEEPS
+from workers.schedules import ALRIGHT, MAXRIGHT, MIX
 
 OUT = ROOT / "BENCHMARKS.md"
 
@@ -78,7 +79,7 @@ def paper_section(data: dict) -> list[str]:
               f"Hypervolume of each schedule's means, as a share of [0, {ref[0]:.3f}] × [0, {ref[1]:.3f}] "
               f"({summary.reference_rule}): "
               + ", ".join(f"{stats.LABELS.get(k, k)} {v:.3f}" for k, v in sorted(summary.hypervolume.items())) + "."]
-    abl = [t for t in stats.derive(data["ablation"], star) if t["schedule"] == "maxright"]
+    abl = [t for t in stats.derive(data["ablation"], star) if t["schedule"] == MAXRIGHT]
     ab = stats.table(abl, keys=("k",))
     lines += ["", f"### MAXRIGHT ablation over k (λ = {s['ablation_lam']:g})", "",
               "| k | ideal distance | runtime % vs Sequential | DPO share of updates |", "|---|---|---|---|"]
@@ -119,12 +120,12 @@ def ratios_section(paper: dict | None, throughput: dict | None, sweeps_all: dict
                      "≥ 0.90", f"{t['ratio']:.3f}", t["ratio"] >= 0.90))
     if paper:
         tr = paper["trials"]
-        a = stats.pooled_ratio(tr, "alright", stats.BASELINE, stats.runtime_s)
-        m = stats.pooled_ratio(tr, "maxright", stats.BASELINE, stats.runtime_s)
-        a_steps = stats.pooled_ratio(tr, "alright", stats.BASELINE, lambda x: x["train_s"])
-        m_steps = stats.pooled_ratio(tr, "maxright", stats.BASELINE, lambda x: x["train_s"])
-        mem = stats.pooled_ratio(tr, "mix", "alright", lambda x: x["peak_mem_mb"])
-        mem_train = stats.pooled_ratio(tr, "mix", "alright", lambda x: x["peak_mem_mb"] - x["setup_peak_mem_mb"])
+        a = stats.pooled_ratio(tr, ALRIGHT, stats.BASELINE, stats.runtime_s)
+        m = stats.pooled_ratio(tr, MAXRIGHT, stats.BASELINE, stats.runtime_s)
+        a_steps = stats.pooled_ratio(tr, ALRIGHT, stats.BASELINE, lambda x: x["train_s"])
+        m_steps = stats.pooled_ratio(tr, MAXRIGHT, stats.BASELINE, lambda x: x["train_s"])
+        mem = stats.pooled_ratio(tr, MIX, ALRIGHT, lambda x: x["peak_mem_mb"])
+        mem_train = stats.pooled_ratio(tr, MIX, ALRIGHT, lambda x: x["peak_mem_mb"] - x["setup_peak_mem_mb"])
         rows += [
             ("ALRIGHT wall time ÷ Sequential wall time, same steps (all λ and seeds pooled)", "≤ 1.03",
              f"{a:.3f} (steps only: {a_steps:.3f})", a <= 1.03),

@@ -9,28 +9,29 @@ from collections import defaultdict
 
 import numpy as np
 
-from orchestrator import pareto, space
+from orchestrator import pareto
+from workers.schedules import ALRIGHT, MAXRIGHT, MIX
 
 BASELINE = "seq_dpo_sft"
 LABELS = {
     "seq_dpo_sft": "Sequential DPO→SFT", "seq_sft_dpo": "Sequential SFT→DPO",
-    "mix": "Mix", "alright": "ALRIGHT", "maxright": "MAXRIGHT",
+    MIX: "Mix", ALRIGHT: "ALRIGHT", MAXRIGHT: "MAXRIGHT",
 }
 METRICS = ("gap_sft", "gap_dpo", "ideal_distance", "pref_accuracy", "runtime_pct", "peak_mem_pct")
 
 # What the paper reports (Pythia-1B, 2 GPUs), to set our orderings against.
-PAPER_RUNTIME_PCT = {"alright": (-24.0, 2.0), "maxright": (-4.0, 11.0), "mix": (17.0, 53.0)}
-PAPER_IDEAL_AT_HALF = {"seq_dpo_sft": 0.83, "mix": 0.17, "alright": 0.27, "maxright": 0.17}
+PAPER_RUNTIME_PCT = {ALRIGHT: (-24.0, 2.0), MAXRIGHT: (-4.0, 11.0), MIX: (17.0, 53.0)}
+PAPER_IDEAL_AT_HALF = {"seq_dpo_sft": 0.83, MIX: 0.17, ALRIGHT: 0.27, MAXRIGHT: 0.17}
 
 
 def f_star(anchor_trials: list[dict]) -> tuple[float, float]:
     """Per objective, the mean over anchor seeds of each seed's best held-out loss, as the
-    sweep estimates it (``orchestrator.space.f_star``)."""
+    sweep estimates it (``orchestrator.pareto.f_star``)."""
     sft = [t["best_sft_loss"] for t in anchor_trials if t["objective"] == "sft"]
     dpo = [t["best_dpo_loss"] for t in anchor_trials if t["objective"] == "dpo"]
     if not sft or not dpo:
         raise ValueError("need at least one SFT-only and one DPO-only anchor trial")
-    return space.f_star(sft), space.f_star(dpo)
+    return pareto.f_star(sft), pareto.f_star(dpo)
 
 
 def runtime_s(t: dict) -> float:
@@ -103,7 +104,7 @@ def claims(cells: dict, lams: list[float]) -> list[dict]:
     out = []
     mean = lambda s, lam, m: cells[(s, lam)][m][0] if (s, lam) in cells else math.nan  # noqa: E731
 
-    for s in ("alright", "maxright", "mix"):
+    for s in (ALRIGHT, MAXRIGHT, MIX):
         ours = [mean(s, lam, "runtime_pct") for lam in lams]
         lo, hi = PAPER_RUNTIME_PCT[s]
         out.append({
@@ -111,13 +112,13 @@ def claims(cells: dict, lams: list[float]) -> list[dict]:
             "holds": bool(all(lo - 5 <= x <= hi + 5 for x in ours)),
             "evidence": f"ours {min(ours):+.1f} % … {max(ours):+.1f} % over λ ∈ {lams} (within 5 points of the paper's range counts)",
         })
-    cheaper = [lam for lam in lams if mean("mix", lam, "runtime_pct") > max(mean("alright", lam, "runtime_pct"), mean("maxright", lam, "runtime_pct"))]
+    cheaper = [lam for lam in lams if mean(MIX, lam, "runtime_pct") > max(mean(ALRIGHT, lam, "runtime_pct"), mean(MAXRIGHT, lam, "runtime_pct"))]
     out.append({
         "claim": "Mix costs more than ALRIGHT and MAXRIGHT at every λ",
         "holds": len(cheaper) == len(lams),
         "evidence": f"holds at λ ∈ {cheaper} of {lams}",
     })
-    joint = ("mix", "alright", "maxright")
+    joint = (MIX, ALRIGHT, MAXRIGHT)
     worse = [f"{LABELS[s]} at λ = {lam:g} ({mean(s, lam, 'ideal_distance'):.3f} against {mean(BASELINE, lam, 'ideal_distance'):.3f})"
              for lam in lams for s in joint if mean(s, lam, "ideal_distance") >= mean(BASELINE, lam, "ideal_distance")]
     out.append({
@@ -131,15 +132,15 @@ def claims(cells: dict, lams: list[float]) -> list[dict]:
         ours = ", ".join(f"{LABELS[s]} {v:.3f}" for s, v in d.items())
         out.append({
             "claim": "At λ = 0.5 every joint schedule ends far closer to the ideal point than Sequential (paper: " + paper + ")",
-            "holds": all(d[BASELINE] > d[s] for s in ("mix", "alright", "maxright")),
+            "holds": all(d[BASELINE] > d[s] for s in (MIX, ALRIGHT, MAXRIGHT)),
             "evidence": "ours: " + ours,
         })
-        h = {s: half95(cells[(s, 0.5)], "ideal_distance") for s in ("maxright", "alright")}
-        overlap = not abs(d["maxright"] - d["alright"]) > h["maxright"] + h["alright"]  # NaN (one seed): overlap
+        h = {s: half95(cells[(s, 0.5)], "ideal_distance") for s in (MAXRIGHT, ALRIGHT)}
+        overlap = not abs(d[MAXRIGHT] - d[ALRIGHT]) > h[MAXRIGHT] + h[ALRIGHT]  # NaN (one seed): overlap
         out.append({
             "claim": "At λ = 0.5 MAXRIGHT ends closer to the ideal point than ALRIGHT",
-            "holds": None if overlap else bool(d["maxright"] < d["alright"]),
-            "evidence": f"MAXRIGHT {d['maxright']:.3f} ± {h['maxright']:.3f} vs ALRIGHT {d['alright']:.3f} ± {h['alright']:.3f} "
+            "holds": None if overlap else bool(d[MAXRIGHT] < d[ALRIGHT]),
+            "evidence": f"MAXRIGHT {d[MAXRIGHT]:.3f} ± {h[MAXRIGHT]:.3f} vs ALRIGHT {d[ALRIGHT]:.3f} ± {h[ALRIGHT]:.3f} "
                         "(95 % intervals over seeds; overlapping intervals cannot be told apart)",
         })
     return out

@@ -11,6 +11,7 @@ import statistics
 import time
 
 from bench.common import quiet_offline, trial_config
+from workers.schedules import ALRIGHT, SEQUENTIAL
 
 
 def main() -> None:
@@ -34,7 +35,7 @@ def main() -> None:
 
     loop.train_step = timed
     for seed in range(3):
-        for schedule in ("sequential", "alright"):
+        for schedule in (SEQUENTIAL, ALRIGHT):
             times.clear()
             previous["objective"] = None
             loop.fit(TrialConfig.model_validate(trial_config(schedule=schedule, lam=0.5, seed=seed)), LocalSession())

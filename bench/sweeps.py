@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from bench.common import QUIET_ENV, WORK, quiet_offline, read_result, run_isolated, write_result
+from workers import metrics
 
 SWEEPS = {
     # name: (preset, overrides, what it measures, the target for its per-trial overhead in s)
@@ -54,11 +55,11 @@ def measure(storage: Path, name: str) -> dict:
     tracker = Tracker(tracking_uri(None, str(storage)), name, str(storage))
     trials = []
     for run in tracker.child_runs():
-        last = tracker.trajectory(run.info.run_id, ("time/train_s", "time/eval_s", "time/setup_s"))[-1]
-        inside = last["time/train_s"] + last["time/eval_s"]
+        last = tracker.trajectory(run.info.run_id, (metrics.TRAIN_S, metrics.EVAL_S, metrics.SETUP_S))[-1]
+        inside = last[metrics.TRAIN_S] + last[metrics.EVAL_S]
         wall = (run.info.end_time - run.info.start_time) / 1000
         trials.append({"trial": run.info.run_name, "id": run.data.tags[TRIAL_TAG], "start": run.info.start_time / 1000,
-                       "wall_s": wall, "inside_s": inside, "overhead_s": wall - inside, "setup_s": last["time/setup_s"]})
+                       "wall_s": wall, "inside_s": inside, "overhead_s": wall - inside, "setup_s": last[metrics.SETUP_S]})
     passes = storage / "cache" / "reference" / "passes.jsonl"
     return {"trials": sorted(trials, key=lambda t: t["start"]), "slots": max_overlap(trials),
             "reference_passes": len(passes.read_text().splitlines()) if passes.exists() else 0}

@@ -11,6 +11,8 @@ import tempfile
 import time
 
 from bench.common import WORK, prepare_cache, quiet_offline, run_isolated, trial_config, write_result
+from workers import metrics
+from workers.schedules import ALRIGHT
 
 STEPS = 600
 REPS = 3
@@ -29,21 +31,22 @@ def _bare_loop(raw: dict, decisions: str, threads: int) -> dict:
     import torch
 
     from workers.data import BatchStream, collate_pairs, collate_sft
-    from workers.loop import load_inputs, make_optimizer, objective_loss
-    from workers.model import load_policy
+    from workers.inputs import load_inputs
+    from workers.loop import objective_loss
+    from workers.model import load_policy, make_optimizer
 
     torch.set_num_threads(threads)
     cfg = _trial(raw)
     t = cfg.train
     torch.manual_seed(t.seed)
     device = torch.device("cpu")
-    tokenizer, sft_train, _, pref_train, _ = load_inputs(cfg, device)
-    pad = tokenizer.pad_token_id
+    inputs = load_inputs(cfg, device)
+    pad = inputs.tokenizer.pad_token_id
     model = load_policy(cfg.model, cfg.cache_dir, device)
     model.train()
     opt = make_optimizer(model.parameters(), t, device)
-    sft = BatchStream(sft_train, t.batch_size, t.seed, lambda r: collate_sft(r, pad))
-    dpo = BatchStream(pref_train, t.batch_size, t.seed + 1, lambda r: collate_pairs(r, pad))
+    sft = BatchStream(inputs.sft_train, t.batch_size, t.seed, lambda r: collate_sft(r, pad))
+    dpo = BatchStream(inputs.pref_train, t.batch_size, t.seed + 1, lambda r: collate_pairs(r, pad))
     started = time.perf_counter()
     for d in decisions:
         name, stream = ("sft", sft) if d == "S" else ("dpo", dpo)
@@ -80,7 +83,7 @@ def trainer_vs_bare() -> dict:
     from orchestrator.config import Resources
     from orchestrator.trial import build_trainer
 
-    raw = trial_config(schedule="alright", lam=LAM, total_steps=STEPS, eval_every=STEPS)
+    raw = trial_config(schedule=ALRIGHT, lam=LAM, total_steps=STEPS, eval_every=STEPS)
     decisions = _decisions(raw)
     resources = Resources(num_workers=1, cpus_per_worker=2)
     connect()
@@ -92,7 +95,7 @@ def trainer_vs_bare() -> dict:
         print(f"  bare loop        rep {rep}: {bare[-1]['steps_per_s']:.1f} steps/s", flush=True)
         result = build_trainer(_trial(raw), resources, f"bench-{rep}", storage).fit()
         m = result.metrics
-        trainer.append({"steps_per_s": m["step"] / m["time/train_s"], "seconds": m["time/train_s"]})
+        trainer.append({"steps_per_s": m[metrics.STEP] / m[metrics.TRAIN_S], "seconds": m[metrics.TRAIN_S]})
         print(f"  TorchTrainer     rep {rep}: {trainer[-1]['steps_per_s']:.1f} steps/s", flush=True)
     ray.shutdown()
     ratio = statistics.mean(r["steps_per_s"] for r in trainer) / statistics.mean(r["steps_per_s"] for r in bare)
@@ -105,19 +108,19 @@ def _dpo_steps(raw: dict, blocks: int, steps: int) -> dict:
     import torch
 
     from workers.data import BatchStream, collate_pairs
-    from workers.loop import load_inputs, make_optimizer
+    from workers.inputs import load_inputs
     from workers.losses import dpo_loss
-    from workers.model import load_policy
+    from workers.model import load_policy, make_optimizer
     from workers.reference import policy_pair_logps
 
     cfg = _trial(raw)
     t = cfg.train
     device = torch.device("cpu")
-    tokenizer, _, _, pref_train, _ = load_inputs(cfg, device)
+    inputs = load_inputs(cfg, device)
     model = load_policy(cfg.model, cfg.cache_dir, device)
     reference = load_policy(cfg.model, cfg.cache_dir, device, lora=False).eval().requires_grad_(False)
     opt = make_optimizer(model.parameters(), t, device)
-    stream = BatchStream(pref_train, t.batch_size, t.seed, lambda r: collate_pairs(r, tokenizer.pad_token_id))
+    stream = BatchStream(inputs.pref_train, t.batch_size, t.seed, lambda r: collate_pairs(r, inputs.tokenizer.pad_token_id))
 
     phases = {"collate": [], "reference": [], "forward": [], "backward": [], "clip+optimizer": []}
 

@@ -28,12 +28,13 @@ def _phases(raw: dict) -> dict[str, float]:
 
     mark("import workers.loop")
     from workers.config import TrialConfig
+    from workers.inputs import load_inputs
     from workers.model import load_policy, load_tokenizer
 
     cfg = TrialConfig.model_validate(raw)
     load_tokenizer(cfg.model, cfg.cache_dir)
     mark("tokenizer (imports transformers)")
-    workers.loop.load_inputs(cfg, torch.device("cpu"))
+    load_inputs(cfg, torch.device("cpu"))
     mark("tokenized data + reference cache")
     load_policy(cfg.model, cfg.cache_dir, torch.device("cpu"))
     mark("model (imports the GPT-NeoX module)")

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from orchestrator.config import ConfigError, load_config
 from orchestrator.preflight import preflight
+from workers import metrics
+from workers.schedules import SCHEDULES
 
 log = logging.getLogger("rightsweep")
 
@@ -30,7 +32,7 @@ def parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="run one trial through a TorchTrainer on Ray")
     _common(t)
-    t.add_argument("--schedule", choices=["sequential", "mix", "alright", "maxright"])
+    t.add_argument("--schedule", choices=SCHEDULES)
     t.add_argument("--lam", type=float, help="weight on DPO in [0, 1]")
     t.add_argument("--seed", type=int)
     t.add_argument("--num-workers", type=int, help="Ray Train workers (0: in the trial's own process)")
@@ -83,8 +85,8 @@ def cmd_train(args) -> int:
         return 1
     trajectory = out_dir / "trajectory.json"
     final = json.loads(trajectory.read_text())["points"][-1]
-    print(f"final eval/sft_loss={final['eval/sft_loss']:.4f} eval/dpo_loss={final['eval/dpo_loss']:.4f} "
-          f"pref_accuracy={final['eval/pref_accuracy']:.3f} after {final['step']} steps")
+    print(f"final {metrics.SFT_LOSS}={final[metrics.SFT_LOSS]:.4f} {metrics.DPO_LOSS}={final[metrics.DPO_LOSS]:.4f} "
+          f"pref_accuracy={final[metrics.PREF_ACCURACY]:.3f} after {final[metrics.STEP]} steps")
     print(f"trajectory: {trajectory}")
     print(f"model (Hugging Face format): {out_dir / 'model'}")
     return 0
@@ -131,11 +133,12 @@ def cmd_pareto(args) -> int:
 def cmd_sync(args) -> int:
     cli = load_config(args.config, args.overrides)
     name = args.experiment or cli.name
-    state_file = Path(cli.storage) / name / "sweep.json"
-    if not state_file.is_file():
+    from orchestrator.resume import SweepState
+
+    state = SweepState.load(Path(cli.storage) / name)
+    if state is None:
         print(f"rightsweep: no sweep {name!r} under {cli.storage} (set storage=... to the sweep's)", file=sys.stderr)
         return 1
-    state = json.loads(state_file.read_text())
     from orchestrator.config import ExperimentConfig
     from orchestrator.mirror import backfill
     from orchestrator.report import format_table
@@ -143,12 +146,12 @@ def cmd_sync(args) -> int:
     from orchestrator.tracking import Tracker, tracking_uri
 
     # The sweep's own config (its trials' params), with this command's storage and MLflow.
-    cfg = ExperimentConfig.model_validate({**state["config"], "storage": cli.storage, "tracking": cli.tracking.model_dump()})
+    cfg = ExperimentConfig.model_validate({**state.config, "storage": cli.storage, "tracking": cli.tracking.model_dump()})
     tracker = Tracker(tracking_uri(cfg.tracking.tracking_uri, cfg.storage), name, cfg.storage)
-    runs, points = backfill(cfg, tracker, state["parent_run_id"])
+    runs, points = backfill(cfg, tracker, state.parent_run_id)
     print(f"MLflow has the {runs} trial run(s) of sweep {name!r}; {points} missing point(s) copied from storage")
-    if state.get("finished"):
-        summary = rebuild(tracker, Path(cfg.storage) / name / "report", finished=not state["failed"])
+    if state.finished:
+        summary = rebuild(tracker, Path(cfg.storage) / name / "report", finished=not state.failed)
         print(format_table(summary))
     return 0
 

@@ -14,6 +14,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from workers.config import ConfigError, Section, TrainSpec, TrialConfig  # noqa: F401 (ConfigError: re-exported)
+from workers.schedules import ALRIGHT, MAXRIGHT, SCHEDULES
 
 PRESETS = Path(__file__).parent / "configs"
 
@@ -41,12 +42,12 @@ class Resources(Section):
         return {k: v * n for k, v in self.per_process().items()}
 
 
-Schedule = Literal["sequential", "mix", "alright", "maxright"]
+Schedule = Literal[SCHEDULES]
 Lam = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class SweepSpec(Section):
-    schedules: list[Schedule] = Field(["sequential", "mix", "alright", "maxright"], min_length=1)
+    schedules: list[Schedule] = Field(list(SCHEDULES), min_length=1)
     lams: list[Lam] = Field([0.25, 0.5, 0.75], min_length=1, description="λ grid, each in [0, 1]")
     seeds: list[int] = Field([0, 1, 2], min_length=1, description="every cell runs each seed; fronts are over seed means")
     anchors: bool = Field(
@@ -91,9 +92,9 @@ class ExperimentConfig(Section):
     def _maxright_has_f_star(self) -> "ExperimentConfig":
         t = self.trial.train
         given = t.f_star_sft is not None and t.f_star_dpo is not None
-        if "maxright" in self.sweep.schedules and not given and not self.sweep.anchors:
+        if MAXRIGHT in self.sweep.schedules and not given and not self.sweep.anchors:
             raise ValueError(
-                "sweep.schedules has maxright, which needs f*: set trial.train.f_star_sft and f_star_dpo, "
+                f"sweep.schedules has {MAXRIGHT}, which needs f*: set trial.train.f_star_sft and f_star_dpo, "
                 "or sweep.anchors: true"
             )
         return self
@@ -105,7 +106,7 @@ class ExperimentConfig(Section):
             if axes := sorted({"schedule", "lam", "seed"} & override.keys()):
                 raise ValueError(f"{where}: {axes} are set by the grid (sweep.schedules, lams, seeds), not per schedule")
             try:
-                TrainSpec.model_validate({**self.trial.train.model_dump(), **override, "schedule": "alright"})
+                TrainSpec.model_validate({**self.trial.train.model_dump(), **override, "schedule": ALRIGHT})
             except ValidationError as e:
                 raise ValueError("\n".join(f"{where}.{line}" for line in format_validation_error(e).splitlines())) from None
         return self

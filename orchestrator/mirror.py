@@ -13,21 +13,23 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Callable
 
 from orchestrator.config import ExperimentConfig
 from orchestrator.redact import redact
-from orchestrator.space import trial_label
+from orchestrator.space import Point, sweep_points
+from workers.metrics import STEP
 
 log = logging.getLogger("rightsweep.mirror")
 RETRY_AFTER_S = 30.0  # while MLflow is down, try it again at most this often
 _URIS: dict[tuple[str, str], str] = {}  # (experiment, storage) -> tracking URI, in the driver's memory only
 
 
-def trial_params(cfg: ExperimentConfig, point: dict) -> dict:
-    t = cfg.trial.train.model_copy(update=cfg.sweep.per_schedule.get(point["schedule"], {}))
+def trial_params(cfg: ExperimentConfig, point: Point) -> dict:
+    t = cfg.trial.train.model_copy(update=cfg.sweep.per_schedule.get(point.schedule, {}))
     m, d = cfg.trial.model, cfg.trial.data
     return redact({
-        "schedule": point["schedule"], "lam": point["lam"], "seed": point["seed"], "stage": point["stage"],
+        "schedule": point.schedule, "lam": point.lam, "seed": point.seed, "stage": point.stage,
         "k": t.maxright_eval_every, "total_steps": t.total_steps, "lr": t.lr, "beta": t.beta,
         "batch_size": t.batch_size, "model": m.name, "lora": m.lora.model_dump_json() if m.lora else "none",
         "sft_data": d.sft.source, "pref_data": d.pref.source, "num_workers": cfg.resources.num_workers,
@@ -37,7 +39,7 @@ def trial_params(cfg: ExperimentConfig, point: dict) -> dict:
 def dedupe_steps(points: list[dict]) -> list[dict]:
     """One point per step, the last reported: a resumed trial re-reports the steps after
     its checkpoint."""
-    by_step = {int(p["step"]): p for p in points}
+    by_step = {int(p[STEP]): p for p in points}
     return [by_step[s] for s in sorted(by_step)]
 
 
@@ -50,33 +52,41 @@ class MlflowSync:
     Holds only plain values, so Tune can pickle it with the experiment state.
     """
 
-    def __init__(self, uri: str, experiment: str, storage: str, parent_id: str, params: dict):
+    def __init__(self, uri: str, experiment: str, storage: str, parent_id: str, params: dict,
+                 clock: Callable[[], float] = time.monotonic, connect: Callable[[], object] | None = None):
         self.experiment, self.storage, self.parent_id = experiment, storage, parent_id
         _URIS[(experiment, storage)] = uri
         self.params = params  # label -> params of each point
+        self._clock = clock
+        self._connect = connect  # a Tracker factory; default: a Tracker on the URI
         self._tracker = None
         self._runs: dict[str, str] = {}
         self._down_since: float | None = None
 
     def __getstate__(self):
-        # Tune pickles its callbacks onto storage (tuner.pkl, for --resume). The URI may hold
-        # a password, so it is not in this state: a resuming driver registers it again.
+        # Tune pickles its callbacks onto storage (tuner.pkl, which this project never loads).
+        # The URI may hold a password, so it is not in this state.
         return {**self.__dict__, "_tracker": None, "_runs": {}}
 
+    def _open(self):
+        if self._connect is not None:
+            return self._connect()
+        from orchestrator.tracking import Tracker
+
+        return Tracker(_URIS[(self.experiment, self.storage)], self.experiment, self.storage)
+
     def _call(self, fn):
-        if self._down_since is not None and time.monotonic() - self._down_since < RETRY_AFTER_S:
+        if self._down_since is not None and self._clock() - self._down_since < RETRY_AFTER_S:
             return None
         try:
             if self._tracker is None:
-                from orchestrator.tracking import Tracker
-
-                self._tracker = Tracker(_URIS[(self.experiment, self.storage)], self.experiment, self.storage)
+                self._tracker = self._open()
             out = fn(self._tracker)
         except Exception as e:  # any MLflow/transport failure
             if self._down_since is None:
                 log.warning("MLflow unavailable (%s); the sweep goes on, its results stay in Tune's state under %s",
                             type(e).__name__, Path(self.storage) / self.experiment / "tune")
-            self._down_since = time.monotonic()
+            self._down_since = self._clock()
             self._tracker = None
             return None
         if self._down_since is not None:
@@ -85,11 +95,11 @@ class MlflowSync:
         return out
 
     def _run(self, tracker, trial, running: bool = False) -> str:
-        point = trial.config["point"]
-        label = trial_label(point)
-        if label not in self._runs:
-            self._runs[label] = tracker.trial_run(self.parent_id, label, label, self.params[label], point["stage"], running)
-        return self._runs[label]
+        point = Point.from_dict(trial.config["point"])
+        if point.label not in self._runs:
+            self._runs[point.label] = tracker.trial_run(self.parent_id, point.label, point.label, self.params[point.label],
+                                                        point.stage, running)
+        return self._runs[point.label]
 
     def start(self, trial) -> None:
         self._call(lambda t: self._run(t, trial, running=True))
@@ -104,7 +114,7 @@ class MlflowSync:
         self._call(mark)
 
     def result(self, trial, result: dict) -> None:
-        if "step" in result:
+        if STEP in result:
             self._call(lambda t: t.log_points(self._run(t, trial), [result]))
 
     def complete(self, trial, ok: bool) -> None:
@@ -144,16 +154,15 @@ def backfill(cfg: ExperimentConfig, tracker, parent_id: str) -> tuple[int, int]:
     (found by label, or created), the points it lacks, its end status. Returns (runs, new
     points). Reads only JSON files on storage (no Ray, no pickles)."""
     from orchestrator import resume
-    from orchestrator.space import sweep_points
 
     sweep_dir = Path(cfg.storage) / cfg.name
     runs = points = 0
     for point in sweep_points(cfg.sweep.schedules, cfg.sweep.lams, cfg.sweep.seeds, cfg.sweep.anchors and not cfg.anchors_given):
-        label = trial_label(point)
+        label = point.label
         reported = resume.reported_points(sweep_dir, label)
         if not reported and not resume.trial_dirs(sweep_dir, label):
             continue  # never started
-        run_id = tracker.trial_run(parent_id, label, label, trial_params(cfg, point), point["stage"])
+        run_id = tracker.trial_run(parent_id, label, label, trial_params(cfg, point), point.stage)
         runs += 1
         points += tracker.log_points(run_id, reported)
         if resume.finished_trajectory(sweep_dir, label) is not None:

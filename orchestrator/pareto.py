@@ -13,6 +13,9 @@ from dataclasses import asdict, dataclass, field
 import moocore
 import numpy as np
 
+from workers import metrics
+from workers.schedules import SEQUENTIAL
+
 
 @dataclass(frozen=True)
 class TrialResult:
@@ -35,6 +38,54 @@ class Anchors:
 
     f_star_sft: float
     f_star_dpo: float
+
+
+def trial_result(trial_id: str, schedule: str, lam: float, seed: int, trajectory: list[dict]) -> TrialResult:
+    """A finished trial's result: its last evaluation point."""
+    last = trajectory[-1]
+    return TrialResult(
+        trial_id=trial_id, schedule=schedule, lam=float(lam), seed=int(seed),
+        sft_loss=float(last[metrics.SFT_LOSS]), dpo_loss=float(last[metrics.DPO_LOSS]),
+        pref_accuracy=float(last.get(metrics.PREF_ACCURACY, math.nan)),
+        runtime_s=float(last.get(metrics.TRAIN_S, math.nan)) + float(last.get(metrics.EVAL_S, math.nan)),
+        peak_mem_mb=float(last.get(metrics.PEAK_MEM_MB, math.nan)),
+    )
+
+
+def initial_point(trajectories: list[list[dict]]) -> tuple[float, float]:
+    """The initial model's losses (every trial starts from the same base, so any step-0
+    point; the worst of them if they differ by float noise)."""
+    starts = [t[0] for t in trajectories if t and int(t[0][metrics.STEP]) == 0]
+    return (max(p[metrics.SFT_LOSS] for p in starts), max(p[metrics.DPO_LOSS] for p in starts))
+
+
+def best_loss(objective: str, trajectory: list[dict]) -> float:
+    """The best held-out loss one single-objective trial reached at any evaluation."""
+    return min(p[metrics.eval_loss(objective)] for p in trajectory)
+
+
+def f_star(values: list[float]) -> float:
+    """f* of one objective: the mean over anchor seeds of each seed's best held-out loss.
+    Each best is picked on the held-out set it is scored on, so f* is a little optimistic;
+    the mean keeps one lucky seed from deciding it."""
+    return sum(values) / len(values)
+
+
+def anchors_from_trajectories(sft_only: list[list[dict]], dpo_only: list[list[dict]]) -> Anchors:
+    """f* from the SFT-only and DPO-only trials of every anchor seed."""
+    return Anchors(f_star_sft=f_star([best_loss("sft", t) for t in sft_only]),
+                   f_star_dpo=f_star([best_loss("dpo", t) for t in dpo_only]))
+
+
+def finished_anchors(anchor_trials: list[tuple[str, list[dict]]]) -> Anchors | None:
+    """f* from the (objective, trajectory) of the anchor trials that finished (every
+    seed's); None unless both objectives have one."""
+    by_objective: dict[str, list[list[dict]]] = {k: [] for k in metrics.OBJECTIVES}
+    for objective, trajectory in anchor_trials:
+        by_objective[objective].append(trajectory)
+    if not all(by_objective.values()):
+        return None
+    return anchors_from_trajectories(by_objective["sft"], by_objective["dpo"])
 
 
 def front_mask(points) -> np.ndarray:
@@ -167,7 +218,7 @@ def _sequential_runtime(results: list[TrialResult]) -> dict[float, float]:
     """Mean Sequential runtime per λ: the baseline of the runtime-increase column."""
     by_lam: dict[float, list[float]] = {}
     for r in results:
-        if r.schedule == "sequential" and not math.isnan(r.runtime_s):
+        if r.schedule == SEQUENTIAL and not math.isnan(r.runtime_s):
             by_lam.setdefault(r.lam, []).append(r.runtime_s)
     return {lam: float(np.mean(v)) for lam, v in by_lam.items()}
 

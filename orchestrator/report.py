@@ -9,8 +9,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from orchestrator.pareto import Cell, Interval, Summary
+from workers.metrics import DPO_LOSS, SFT_LOSS
+from workers.schedules import SCHEDULES
 
-COLORS = {"sequential": "tab:green", "mix": "tab:purple", "alright": "tab:red", "maxright": "tab:blue"}
+COLORS = dict(zip(SCHEDULES, ("tab:green", "tab:purple", "tab:red", "tab:blue")))
 TRIAL_COLUMNS = [
     ("schedule", "schedule", "{}"), ("λ", "lam", "{:g}"), ("seed", "seed", "{}"),
     ("f_SFT", "sft_loss", "{:.4f}"), ("f_DPO", "dpo_loss", "{:.4f}"),
@@ -136,9 +138,9 @@ def plot(summary: Summary, trajectories: dict[str, list[dict]], path: Path) -> N
 
     fig, ax = plt.subplots(figsize=(7.5, 6), dpi=110)
     for r in summary.rows:
-        traj = [p for p in trajectories.get(r.trial_id, []) if "eval/sft_loss" in p and "eval/dpo_loss" in p]
+        traj = [p for p in trajectories.get(r.trial_id, []) if SFT_LOSS in p and DPO_LOSS in p]
         if traj:
-            ax.plot([p["eval/sft_loss"] for p in traj], [p["eval/dpo_loss"] for p in traj],
+            ax.plot([p[SFT_LOSS] for p in traj], [p[DPO_LOSS] for p in traj],
                     color=COLORS.get(r.schedule, "grey"), alpha=0.15, lw=0.7)
     for schedule in sorted({c.schedule for c in summary.cells}):
         color = COLORS.get(schedule, "grey")

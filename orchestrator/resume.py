@@ -11,16 +11,50 @@ from plain files:
 - ``tune/<experiment>/<label>-<trial id>/checkpoint_*/``: a local-mode trial's checkpoints
   (safetensors, weights-only tensors, JSON), from which an unfinished trial continues;
 - ``runs/<label>/``: a trial with workers, a Ray Train run that resumes by its name (its
-  state there is JSON).
+  state there is JSON);
+- ``sweep.json``: the sweep's own state (``SweepState``), which ``sync`` reads too.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from workers import metrics
+
 log = logging.getLogger("rightsweep.resume")
+
+
+@dataclass
+class SweepState:
+    """What a sweep keeps beside its trials: its MLflow run, the config and numerics it ran
+    with (what ``rightsweep sync`` mirrors later), and how it ended."""
+
+    parent_run_id: str | None = None
+    tracking_uri: str = ""  # redacted: for the reader, never for connecting
+    config: dict = field(default_factory=dict)  # redacted
+    numerics: dict[str, str] = field(default_factory=dict)
+    finished: bool = False
+    failed: list[str] = field(default_factory=list)
+    f_star_sft: float | None = None
+    f_star_dpo: float | None = None
+
+    @staticmethod
+    def path(sweep_dir: Path) -> Path:
+        return sweep_dir / "sweep.json"
+
+    @classmethod
+    def load(cls, sweep_dir: Path) -> "SweepState | None":
+        path = cls.path(sweep_dir)
+        if not path.is_file():
+            return None
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in json.loads(path.read_text()).items() if k in known})
+
+    def save(self, sweep_dir: Path) -> None:
+        self.path(sweep_dir).write_text(json.dumps(asdict(self), indent=1))
 
 
 def finished_trajectory(sweep_dir: Path, label: str) -> list[dict] | None:
@@ -40,7 +74,7 @@ def trial_dirs(sweep_dir: Path, label: str) -> list[Path]:
 def latest_checkpoint(sweep_dir: Path, label: str) -> str | None:
     """The local-mode checkpoint with the most steps that is whole; a damaged one is passed
     over with a warning (the trial continues from the one before it)."""
-    from workers.loop import checkpoint_problem
+    from workers.checkpoint import checkpoint_problem, checkpoint_step
 
     found = []
     for d in trial_dirs(sweep_dir, label):
@@ -49,7 +83,7 @@ def latest_checkpoint(sweep_dir: Path, label: str) -> str | None:
             if problem:
                 log.warning("%s: checkpoint %s is damaged (%s); it is not resumed from", label, ckpt, problem)
                 continue
-            found.append((json.loads((ckpt / "state.json").read_text())["step"], str(ckpt)))
+            found.append((checkpoint_step(ckpt), str(ckpt)))
     return max(found)[1] if found else None
 
 
@@ -65,10 +99,10 @@ def reported_points(sweep_dir: Path, label: str) -> list[dict]:
                 row = json.loads(line)
             except ValueError:  # a line cut short when the driver died
                 continue
-            if "eval/sft_loss" in row:
-                by_step[int(row["step"])] = row
+            if metrics.SFT_LOSS in row:
+                by_step[int(row[metrics.STEP])] = row
     for p in finished_trajectory(sweep_dir, label) or []:
-        by_step[int(p["step"])] = p
+        by_step[int(p[metrics.STEP])] = p
     return [by_step[s] for s in sorted(by_step)]
 
 

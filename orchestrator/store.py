@@ -7,13 +7,28 @@ import logging
 from pathlib import Path
 
 from orchestrator.mirror import dedupe_steps
-from orchestrator.pareto import Anchors, Summary, summarize
+from orchestrator.pareto import Anchors, Summary, finished_anchors, initial_point, summarize, trial_result
 from orchestrator.report import write_artifacts
-from orchestrator.sweep import finished_anchors, initial_point, publish, trial_result
+from orchestrator.space import Point
 from orchestrator.tracking import STAGE_TAG, TRIAL_TAG, Tracker
+from workers import metrics
 
 log = logging.getLogger("rightsweep.pareto")
-KEYS = ("eval/sft_loss", "eval/dpo_loss", "eval/pref_accuracy", "time/train_s", "time/eval_s", "system/peak_mem_mb")
+KEYS = (metrics.SFT_LOSS, metrics.DPO_LOSS, metrics.PREF_ACCURACY, metrics.TRAIN_S, metrics.EVAL_S, metrics.PEAK_MEM_MB)
+
+
+def run_point(params: dict, stage: str) -> Point:
+    """A trial run's grid point from its MLflow params (an anchor is Sequential at λ = 0,
+    SFT alone, or at λ = 1, DPO alone)."""
+    lam = float(params["lam"])
+    objective = ("sft" if lam == 0.0 else "dpo") if stage == "anchor" else None
+    return Point(stage, params["schedule"], lam, int(params["seed"]), objective)
+
+
+def given_anchors(params: dict) -> Anchors | None:
+    """f* as the sweep's config gave it (its parent run's params), if it did."""
+    given = [params.get(f"trial.train.f_star_{k}", "None") for k in metrics.OBJECTIVES]
+    return None if "None" in given else Anchors(float(given[0]), float(given[1]))
 
 
 def rebuild(tracker: Tracker, out_dir: Path, publish_to_parent: bool = True, finished: bool | None = None) -> Summary:
@@ -22,32 +37,24 @@ def rebuild(tracker: Tracker, out_dir: Path, publish_to_parent: bool = True, fin
     parent = tracker.latest_parent()
     if parent is None:
         raise LookupError("the experiment has no sweep run")
-    runs = [r for r in tracker.child_runs(parent.info.run_id) if r.info.status == "FINISHED"]
-    anchors_traj, main = {}, {}
-    for run in runs:
-        traj = dedupe_steps(tracker.trajectory(run.info.run_id, KEYS))
-        if not traj:
-            continue
-        p = run.data.params
-        point = {"schedule": p["schedule"], "lam": float(p["lam"]), "seed": int(p["seed"]), "stage": run.data.tags[STAGE_TAG]}
-        target = anchors_traj if point["stage"] == "anchor" else main
-        target[run.data.tags[TRIAL_TAG]] = (point, traj)
+    trials: dict[str, tuple[Point, list[dict]]] = {}
+    for run in tracker.child_runs(parent.info.run_id):
+        if run.info.status == "FINISHED" and (traj := dedupe_steps(tracker.trajectory(run.info.run_id, KEYS))):
+            trials[run.data.tags[TRIAL_TAG]] = (run_point(run.data.params, run.data.tags[STAGE_TAG]), traj)
+    main = {label: (p, traj) for label, (p, traj) in trials.items() if not p.is_anchor}
     if not main:
         raise LookupError(f"sweep run {parent.info.run_id} has no finished trial yet")
     params = parent.data.params
-    given = [params.get(f"trial.train.f_star_{k}", "None") for k in ("sft", "dpo")]
-    if "None" not in given:
-        anchors = Anchors(float(given[0]), float(given[1]))
-    else:  # as the driver does: from the anchor trials that finished (Sequential at λ = 0 is SFT alone)
-        anchors = finished_anchors([({**point, "objective": "sft" if point["lam"] == 0.0 else "dpo"}, traj)
-                                    for point, traj in anchors_traj.values()])
-    results = [trial_result(tid, point, traj) for tid, (point, traj) in main.items()]
-    all_traj = [traj for _, traj in [*main.values(), *anchors_traj.values()]]
+    # As the driver does: f* from the config, else from the anchor trials that finished.
+    anchors = given_anchors(params) or finished_anchors([(p.objective, traj) for p, traj in trials.values() if p.is_anchor])
+    results = [trial_result(label, p.schedule, p.lam, p.seed, traj) for label, (p, traj) in main.items()]
     reference = params.get("sweep.hypervolume_reference", "None")
     numerics = {k.removeprefix("numerics."): v for k, v in params.items() if k.startswith("numerics.")}
-    summary = summarize(results, anchors, initial_point(all_traj), None if reference == "None" else ast.literal_eval(reference), numerics)
-    write_artifacts(summary, {tid: traj for tid, (_, traj) in main.items()}, out_dir)
+    summary = summarize(results, anchors, initial_point([traj for _, traj in trials.values()]),
+                        None if reference == "None" else ast.literal_eval(reference), numerics)
+    write_artifacts(summary, {label: traj for label, (_, traj) in main.items()}, out_dir)
     if publish_to_parent:
-        publish(tracker, parent.info.run_id, summary, out_dir, ok=parent.info.status == "FINISHED" if finished is None else finished)
+        ok = parent.info.status == "FINISHED" if finished is None else finished
+        tracker.publish_front(parent.info.run_id, summary, out_dir, ok=ok)
     log.info("front rebuilt from %d finished trial(s) of sweep run %s", len(results), parent.info.run_id)
     return summary

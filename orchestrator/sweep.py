@@ -8,24 +8,25 @@ did not finish, found from plain files on storage (``orchestrator.resume``).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
 
 from orchestrator.config import ConfigError, ExperimentConfig
 from orchestrator.mirror import MlflowSync, backfill, trial_params, tune_callback
-from orchestrator.pareto import Anchors, Summary, TrialResult, summarize
+from orchestrator.pareto import Anchors, Summary, finished_anchors, initial_point, summarize, trial_result
 from orchestrator.redact import redact, redact_text
 from orchestrator.report import format_table, write_artifacts
-from orchestrator.space import anchors_from_trajectories, sweep_points, trial_label
+from orchestrator import resume as stored
+from orchestrator.resume import SweepState
+from orchestrator.space import Point, sweep_points
 
 log = logging.getLogger("rightsweep.sweep")
 DRIVER_MEMORY = 64 * 2**20  # bytes a trial's driver process reserves when workers do the training
@@ -40,34 +41,6 @@ def flatten(d: dict, prefix: str = "") -> dict:
         else:
             out[key] = v
     return out
-
-
-def trial_result(trial_id: str, point: dict, trajectory: list[dict]) -> TrialResult:
-    last = trajectory[-1]
-    return TrialResult(
-        trial_id=trial_id, schedule=point["schedule"], lam=float(point["lam"]), seed=int(point["seed"]),
-        sft_loss=float(last["eval/sft_loss"]), dpo_loss=float(last["eval/dpo_loss"]),
-        pref_accuracy=float(last.get("eval/pref_accuracy", math.nan)),
-        runtime_s=float(last.get("time/train_s", math.nan)) + float(last.get("time/eval_s", math.nan)),
-        peak_mem_mb=float(last.get("system/peak_mem_mb", math.nan)),
-    )
-
-
-def initial_point(trajectories: list[list[dict]]) -> tuple[float, float]:
-    """The initial model's losses (every trial starts from the same base, so any step-0
-    point; the worst of them if they differ by float noise)."""
-    starts = [t[0] for t in trajectories if t and int(t[0]["step"]) == 0]
-    return (max(p["eval/sft_loss"] for p in starts), max(p["eval/dpo_loss"] for p in starts))
-
-
-def finished_anchors(anchor_trials: list[tuple[dict, list[dict]]]) -> Anchors | None:
-    """f* from the anchor trials that finished (every seed's); None unless both objectives have one."""
-    by_objective: dict[str, list[list[dict]]] = {"sft": [], "dpo": []}
-    for point, traj in anchor_trials:
-        by_objective[point["objective"]].append(traj)
-    if not by_objective["sft"] or not by_objective["dpo"]:
-        return None
-    return anchors_from_trajectories(by_objective["sft"], by_objective["dpo"])
 
 
 def max_concurrent(cfg: ExperimentConfig, n_trials: int) -> int:
@@ -91,68 +64,84 @@ class _NoTuneRestoreHint(logging.Filter):
         return "Tuner.restore" not in record.getMessage()
 
 
-def run_grid(cfg: ExperimentConfig, points: list[dict], anchors: Anchors | None, sync: MlflowSync | None, resume: bool):
+@dataclass
+class Grid:
+    """How the grid's points stand after a run of the sweep, by label."""
+
+    finished: dict[str, tuple[Point, list[dict]]]  # with their trajectories
+    failed: list[str]
+    unfinished: list[str]  # neither: the sweep was stopped
+
+
+def run_grid(cfg: ExperimentConfig, points: list[Point], anchors: Anchors | None, sync: MlflowSync | None, resume: bool) -> Grid:
     """A fresh Tune experiment over the points that have not finished (on ``resume``, those
     of earlier runs of the sweep are kept; an unfinished local-mode trial continues from its
-    latest whole checkpoint). Tune's own saved state is never loaded (``orchestrator.resume``).
-    Returns ({label: (point, trajectory)} of the finished points, failed labels, unfinished labels)."""
+    latest whole checkpoint). Tune's own saved state is never loaded (``orchestrator.resume``)."""
+    sweep_dir = Path(cfg.storage) / cfg.name
+    todo = [p for p in points if not (resume and stored.finished_trajectory(sweep_dir, p.label) is not None)]
+    resume_from = {}
+    if resume:
+        local = cfg.resources.num_workers == 0
+        resume_from = {p.label: c for p in todo if local and (c := stored.latest_checkpoint(sweep_dir, p.label))}
+        log.info("resuming: %d of %d trials had finished; %d continue from a checkpoint", len(points) - len(todo),
+                 len(points), len(resume_from))
+    errors = {}
+    if todo:
+        tuner = build_tuner(cfg, todo, anchors, sync, resume_from)
+        catch_sigterm()  # Ray is running in this process now
+        errors = {Point.from_dict(r.config["point"]).label: r.error for r in tuner.fit() if r.error is not None}
+    grid = Grid({}, [], [])
+    for p in points:
+        if (traj := stored.finished_trajectory(sweep_dir, p.label)) is not None:
+            grid.finished[p.label] = (p, traj)
+        elif p.label in errors:
+            grid.failed.append(p.label)
+            log.warning("trial %s failed: %s", p.label, (str(errors[p.label]).strip().splitlines() or ["?"])[-1][:500])
+        else:
+            grid.unfinished.append(p.label)
+    return grid
+
+
+def build_tuner(cfg: ExperimentConfig, points: list[Point], anchors: Anchors | None, sync: MlflowSync | None,
+                resume_from: dict[str, str]):
+    """One Tune trial per point, each a ``tune_trial`` (a ``TorchTrainer``), named by its label."""
     from ray import tune
 
-    from orchestrator import resume as stored
     from orchestrator.trial import anchor_watch, tune_trial
 
     logging.getLogger("ray.tune.tune").addFilter(_NoTuneRestoreHint())
     sweep_dir = Path(cfg.storage) / cfg.name
     local = cfg.resources.num_workers == 0
-    todo = [p for p in points if not (resume and stored.finished_trajectory(sweep_dir, trial_label(p)) is not None)]
-    resume_from = {}
-    if resume:
-        resume_from = {trial_label(p): c for p in todo if local and (c := stored.latest_checkpoint(sweep_dir, trial_label(p)))}
-        log.info("resuming: %d of %d trials had finished; %d continue from a checkpoint", len(points) - len(todo),
-                 len(points), len(resume_from))
-    errors = {}
-    if todo:
-        # Trials never talk to MLflow (the driver mirrors their results), so its URI, which may
-        # carry a password, stays out of what Tune pickles onto storage.
-        trainable = tune.with_parameters(tune_trial, experiment=cfg.model_dump(exclude={"tracking"}),
-                                         anchors=asdict(anchors) if anchors else None, resume_from=resume_from)
-        # With workers, the trial process only drives a TorchTrainer and reserves no CPU (a
-        # token of memory, as Ray refuses an empty bundle); in local mode it trains.
-        trainable = tune.with_resources(trainable, cfg.resources.per_process() if local else {"memory": DRIVER_MEMORY})
-        tuner = tune.Tuner(
-            trainable,
-            param_space={"point": tune.grid_search(todo)},
-            tune_config=tune.TuneConfig(
-                max_concurrent_trials=max_concurrent(cfg, len(todo)),
-                # A trial process is kept for the next trial: its imports (torch, transformers,
-                # datasets: most of a short trial's fixed cost) are paid once per slot.
-                reuse_actors=True,
-                trial_name_creator=lambda t: trial_label(t.config["point"]),
-                trial_dirname_creator=lambda t: f"{trial_label(t.config['point'])}-{t.trial_id}",
-            ),
-            run_config=tune.RunConfig(
-                name=stored.next_experiment(sweep_dir),
-                storage_path=str(sweep_dir / "tune"),
-                # A local-mode trial whose process dies is retried by Tune, from its last
-                # checkpoint; with workers, Ray Train restarts them (resources.max_failures).
-                failure_config=tune.FailureConfig(max_failures=cfg.resources.max_failures if local else 0),
-                callbacks=[anchor_watch(sweep_dir), *([tune_callback(sync)] if sync else [])],
-                verbose=1,
-            ),
-        )
-        catch_sigterm()  # Ray is running in this process now
-        errors = {trial_label(r.config["point"]): r.error for r in tuner.fit() if r.error is not None}
-    finished, failed, unfinished = {}, [], []
-    for p in points:
-        label = trial_label(p)
-        if (traj := stored.finished_trajectory(sweep_dir, label)) is not None:
-            finished[label] = (p, traj)
-        elif label in errors:
-            failed.append(label)
-            log.warning("trial %s failed: %s", label, (str(errors[label]).strip().splitlines() or ["?"])[-1][:500])
-        else:
-            unfinished.append(label)
-    return finished, failed, unfinished
+    # Trials never talk to MLflow (the driver mirrors their results), so its URI, which may
+    # carry a password, stays out of what Tune pickles onto storage.
+    trainable = tune.with_parameters(tune_trial, experiment=cfg.model_dump(exclude={"tracking"}),
+                                     anchors=asdict(anchors) if anchors else None, resume_from=resume_from)
+    # With workers, the trial process only drives a TorchTrainer and reserves no CPU (a
+    # token of memory, as Ray refuses an empty bundle); in local mode it trains.
+    trainable = tune.with_resources(trainable, cfg.resources.per_process() if local else {"memory": DRIVER_MEMORY})
+    label = lambda t: Point.from_dict(t.config["point"]).label  # noqa: E731
+    return tune.Tuner(
+        trainable,
+        # Plain dicts: Tune writes them into each trial's params.json, readable without unpickling.
+        param_space={"point": tune.grid_search([p.as_dict() for p in points])},
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=max_concurrent(cfg, len(points)),
+            # A trial process is kept for the next trial: its imports (torch, transformers,
+            # datasets: most of a short trial's fixed cost) are paid once per slot.
+            reuse_actors=True,
+            trial_name_creator=label,
+            trial_dirname_creator=lambda t: f"{label(t)}-{t.trial_id}",
+        ),
+        run_config=tune.RunConfig(
+            name=stored.next_experiment(sweep_dir),
+            storage_path=str(sweep_dir / "tune"),
+            # A local-mode trial whose process dies is retried by Tune, from its last
+            # checkpoint; with workers, Ray Train restarts them (resources.max_failures).
+            failure_config=tune.FailureConfig(max_failures=cfg.resources.max_failures if local else 0),
+            callbacks=[anchor_watch(sweep_dir), *([tune_callback(sync)] if sync else [])],
+            verbose=1,
+        ),
+    )
 
 
 class Interrupted(Exception):
@@ -228,18 +217,42 @@ def run_sweep(cfg: ExperimentConfig, resume: bool = False) -> Summary:
 
 
 def _run_sweep(cfg: ExperimentConfig, resume: bool) -> Summary:
-    from orchestrator.tracking import tracking_uri
-    from orchestrator.trial import connect_and_prepare
-
     hold_lock(cfg)
+    sweep_dir = open_sweep_dir(cfg, resume)
+    state = (SweepState.load(sweep_dir) if resume else None) or SweepState()
+    tracker, uri = start(cfg, state, sweep_dir)
+    # One Tune experiment for the whole grid, so trial processes (and their imports) are
+    # reused from the anchors to the last trial.
+    points = sweep_points(cfg.sweep.schedules, cfg.sweep.lams, cfg.sweep.seeds, cfg.sweep.anchors and not cfg.anchors_given)
+    given = Anchors(cfg.trial.train.f_star_sft, cfg.trial.train.f_star_dpo) if cfg.anchors_given else None
+    sync = MlflowSync(uri, cfg.name, cfg.storage, state.parent_run_id, {p.label: trial_params(cfg, p) for p in points})
+    grid = run_grid_to_its_end(cfg, points, given, sync, resume, tracker, state.parent_run_id)
+    summary = build_front(cfg, grid, given, state.numerics)
+    if summary.anchors is not None:
+        state.f_star_sft, state.f_star_dpo = summary.anchors.f_star_sft, summary.anchors.f_star_dpo
+    state.finished, state.failed = True, grid.failed
+    state.save(sweep_dir)
+    print(format_table(summary), flush=True)
+    write_report(cfg, summary, grid, tracker, state.parent_run_id, uri)
+    return summary
+
+
+def open_sweep_dir(cfg: ExperimentConfig, resume: bool) -> Path:
+    """The sweep's folder; a finished or stopped sweep of the same name is moved aside unless resumed."""
     sweep_dir = Path(cfg.storage) / cfg.name
-    state_file = sweep_dir / "sweep.json"
-    state = json.loads(state_file.read_text()) if resume and state_file.exists() else {}
     if not resume and sweep_dir.exists() and (sweep_dir / "tune").exists():
         moved = sweep_dir.with_name(f"{cfg.name}-prev-{time.strftime('%Y%m%d-%H%M%S')}")
         sweep_dir.rename(moved)
         log.info("a previous sweep %r was moved to %s (use --resume to continue one instead)", cfg.name, moved)
     sweep_dir.mkdir(parents=True, exist_ok=True)
+    return sweep_dir
+
+
+def start(cfg: ExperimentConfig, state: SweepState, sweep_dir: Path):
+    """Ray, the shared inputs and the sweep's MLflow run (a resumed sweep's own again);
+    the state saved with them. Returns (tracker, tracking URI)."""
+    from orchestrator.tracking import tracking_uri
+    from orchestrator.trial import connect_and_prepare
 
     uri = tracking_uri(cfg.tracking.tracking_uri, cfg.storage)
     # MLflow's store (seconds: imports, a new database's tables) is opened while Ray starts
@@ -251,60 +264,62 @@ def _run_sweep(cfg: ExperimentConfig, resume: bool) -> Summary:
     log.info("numerics: %s", ", ".join(f"{k}={v}" for k, v in numerics.items()))
     with tracking_errors(uri):  # only now: a sweep refused above leaves no run behind
         params = {**redact(flatten(cfg.model_dump())), **{f"numerics.{k}": v for k, v in numerics.items()}}
-        parent_id = tracker.start_parent(cfg.name, params, state.get("parent_run_id"))
+        state.parent_run_id = tracker.start_parent(cfg.name, params, state.parent_run_id)
     # What `rightsweep sync` needs to mirror this sweep later: its run and its config.
-    state.update(parent_run_id=parent_id, tracking_uri=redact_text(uri), config=redact(cfg.model_dump()), numerics=numerics,
-                 finished=False)
-    state_file.write_text(json.dumps(state, indent=1))
-    log.info("MLflow: experiment %r, parent run %s, store %s", cfg.name, parent_id, redact_text(uri))
+    state.tracking_uri, state.config, state.numerics, state.finished = redact_text(uri), redact(cfg.model_dump()), numerics, False
+    state.save(sweep_dir)
+    log.info("MLflow: experiment %r, parent run %s, store %s", cfg.name, state.parent_run_id, redact_text(uri))
+    return tracker, uri
 
-    # One Tune experiment for the whole grid, so trial processes (and their imports) are
-    # reused from the anchors to the last trial.
-    points = sweep_points(cfg.sweep.schedules, cfg.sweep.lams, cfg.sweep.seeds, with_anchors=cfg.sweep.anchors and not cfg.anchors_given)
-    given = Anchors(cfg.trial.train.f_star_sft, cfg.trial.train.f_star_dpo) if cfg.anchors_given else None
-    sync = MlflowSync(uri, cfg.name, cfg.storage, parent_id, {trial_label(p): trial_params(cfg, p) for p in points})
+
+def run_grid_to_its_end(cfg: ExperimentConfig, points: list[Point], given: Anchors | None, sync: MlflowSync, resume: bool,
+                        tracker, parent_id: str) -> Grid:
+    """The grid, or ``Interrupted`` when a signal stopped it before every trial ended."""
     before = resident_mb()
     try:
-        done, failed, unfinished = run_grid(cfg, points, given, sync, resume)
+        grid = run_grid(cfg, points, given, sync, resume)
     except KeyboardInterrupt:  # before Tune took over the signal
-        unfinished, done, failed = [trial_label(p) for p in points], {}, []
+        grid = Grid({}, [], [p.label for p in points])
     log.info("driver memory: %.0f MB resident as the grid started, %.0f MB after its %d trials", before, resident_mb(), len(points))
-    if unfinished:
-        stop_interrupted(tracker, sync, parent_id, unfinished)
-        raise Interrupted(signal.SIGINT, f"{len(done)} of {len(points)} trials finished, {len(failed)} failed, "
-                                         f"{len(unfinished)} did not finish; nothing was built from those")
-    anchors = given or finished_anchors([(point, traj) for point, traj in done.values() if point["stage"] == "anchor"])
+    if grid.unfinished:
+        stop_interrupted(tracker, sync, parent_id, grid.unfinished)
+        raise Interrupted(signal.SIGINT, f"{len(grid.finished)} of {len(points)} trials finished, {len(grid.failed)} failed, "
+                                         f"{len(grid.unfinished)} did not finish; nothing was built from those")
+    return grid
+
+
+def build_front(cfg: ExperimentConfig, grid: Grid, given: Anchors | None, numerics: dict[str, str]) -> Summary:
+    """f* (given, or from the finished anchor trials) and the front of the finished main trials."""
+    anchors = given or finished_anchors([(p.objective, traj) for p, traj in grid.finished.values() if p.is_anchor])
     if anchors is None:
         log.warning("no f*: %s; gaps and ideal distances are not computed",
-                    "sweep.anchors is off and trial.train gives none" if not cfg.sweep.anchors else f"anchor trials failed ({failed})")
+                    "sweep.anchors is off and trial.train gives none" if not cfg.sweep.anchors else f"anchor trials failed ({grid.failed})")
     else:
         log.info("anchors: f*_SFT=%.4f f*_DPO=%.4f", anchors.f_star_sft, anchors.f_star_dpo)
-        state.update(asdict(anchors))
-    main = {tid: (point, traj) for tid, (point, traj) in done.items() if point["stage"] == "main"}
-    if not main:
-        raise RuntimeError(f"every trial of the sweep failed: {failed}")
-    main_traj = {tid: traj for tid, (_, traj) in main.items()}
-    results = [trial_result(tid, point, traj) for tid, (point, traj) in main.items()]
-    summary = summarize(results, anchors, initial_point([traj for _, traj in done.values()]),
-                        cfg.sweep.hypervolume_reference, numerics)
+    results = [trial_result(label, p.schedule, p.lam, p.seed, traj) for label, (p, traj) in grid.finished.items() if not p.is_anchor]
+    if not results:
+        raise RuntimeError(f"every trial of the sweep failed: {grid.failed}")
+    return summarize(results, anchors, initial_point([traj for _, traj in grid.finished.values()]),
+                     cfg.sweep.hypervolume_reference, numerics)
 
-    state.update(finished=True, failed=failed)
-    state_file.write_text(json.dumps(state, indent=1))
-    print(format_table(summary), flush=True)
-    paths = write_artifacts(summary, main_traj, sweep_dir / "report")
-    (sweep_dir / "report" / "config.yaml").write_text(yaml.safe_dump(redact(cfg.model_dump()), sort_keys=False))
-    try:  # whatever the live mirror missed (MLflow down for a while), then the sweep's own run
+
+def write_report(cfg: ExperimentConfig, summary: Summary, grid: Grid, tracker, parent_id: str, uri: str) -> None:
+    """The report on storage, then in MLflow: whatever the live mirror missed (MLflow down
+    for a while), and the front on the sweep's own run."""
+    report_dir = Path(cfg.storage) / cfg.name / "report"
+    paths = write_artifacts(summary, {label: traj for label, (p, traj) in grid.finished.items() if not p.is_anchor}, report_dir)
+    (report_dir / "config.yaml").write_text(yaml.safe_dump(redact(cfg.model_dump()), sort_keys=False))
+    try:
         backfill(cfg, tracker, parent_id)
-        publish(tracker, parent_id, summary, sweep_dir / "report", ok=not failed)
+        tracker.publish_front(parent_id, summary, report_dir, ok=not grid.failed)
         where = f"MLflow: {redact_text(uri)} (experiment {cfg.name!r}; `rightsweep ui` to browse)"
     except Exception as e:  # the sweep is done and on storage; only the mirror is behind
         log.warning("MLflow unavailable at the end of the sweep (%s: %s)", type(e).__name__, redact_text(str(e))[:300])
         where = (f"MLflow at {redact_text(uri)} is behind: once it is back, run `rightsweep sync --experiment {cfg.name}` "
                  f"(with --set storage={cfg.storage} if that is not your default)")
     print(f"Pareto plot: {paths['png']}\ntable: {paths['csv']}\n{where}")
-    if failed:
-        print(f"{len(failed)} trial(s) failed: {', '.join(map(str, failed))}")
-    return summary
+    if grid.failed:
+        print(f"{len(grid.failed)} trial(s) failed: {', '.join(map(str, grid.failed))}")
 
 
 def stop_interrupted(tracker, sync: MlflowSync, parent_id: str, unfinished: list[str]) -> None:
@@ -331,22 +346,3 @@ def open_tracker(cfg: ExperimentConfig, uri: str):
 
     with tracking_errors(uri):
         return Tracker(uri, cfg.name, cfg.storage)
-
-
-def publish(tracker, parent_id: str, summary: Summary, report_dir: Path, ok: bool = True) -> None:
-    """The sweep's artifacts, f*, hypervolumes and their reference point on the parent run, and its end."""
-    for f in sorted(report_dir.iterdir()):
-        tracker.client.log_artifact(parent_id, str(f))
-    from mlflow.entities import Metric
-
-    # Metrics and a tag, not params: a front rebuilt from part of a sweep has another f* and
-    # reference point than the finished sweep, and MLflow refuses to change a param.
-    ref = summary.reference_point
-    metrics = {f"hypervolume/{k}": v for k, v in summary.hypervolume.items()}
-    metrics.update({"hypervolume_reference/sft": ref[0], "hypervolume_reference/dpo": ref[1]})
-    if summary.anchors is not None:
-        metrics.update({"f_star/sft": summary.anchors.f_star_sft, "f_star/dpo": summary.anchors.f_star_dpo})
-    now = int(time.time() * 1000)
-    tracker.client.log_batch(parent_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
-    tracker.set_tags(parent_id, {"hypervolume_reference": summary.reference_rule})
-    tracker.finish(parent_id, ok)

@@ -12,16 +12,20 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 
 from orchestrator.redact import redact_text
+from workers import metrics as names
+
+if TYPE_CHECKING:
+    from orchestrator.pareto import Summary
 
 TRIAL_TAG = "rightsweep.trial_id"
 ROLE_TAG = "rightsweep.role"
 STAGE_TAG = "rightsweep.stage"
-METRIC_PREFIXES = ("eval/", "train/", "updates/", "tokens/", "time/", "rewards/", "system/")
 BATCH = 900  # MLflow's log_batch takes at most 1000 metrics a call
 
 
@@ -34,10 +38,10 @@ def tracking_uri(configured: str | None, storage: str) -> str:
 def trajectory_metrics(points: list[dict]) -> list[Metric]:
     now = int(time.time() * 1000)
     return [
-        Metric(key, float(value), now, int(p["step"]))
+        Metric(key, float(value), now, int(p[names.STEP]))
         for p in points
         for key, value in p.items()
-        if key.startswith(METRIC_PREFIXES) and isinstance(value, (int, float)) and math.isfinite(value)
+        if key.startswith(names.TRAJECTORY_PREFIXES) and isinstance(value, (int, float)) and math.isfinite(value)
     ]
 
 
@@ -99,13 +103,13 @@ class Tracker:
         """Log the trajectory points whose step the run lacks (a gap left by an outage
         too, not only what is newer); returns how many."""
         if run_id not in self._steps:
-            self._steps[run_id] = {m.step for m in self.client.get_metric_history(run_id, "eval/sft_loss")}
+            self._steps[run_id] = {m.step for m in self.client.get_metric_history(run_id, names.SFT_LOSS)}
         have = self._steps[run_id]
-        new = [p for p in points if int(p["step"]) not in have]
+        new = [p for p in points if int(p[names.STEP]) not in have]
         metrics = trajectory_metrics(new)
         for i in range(0, len(metrics), BATCH):
             self.client.log_batch(run_id, metrics=metrics[i : i + BATCH])
-        have.update(int(p["step"]) for p in new)
+        have.update(int(p[names.STEP]) for p in new)
         return len(new)
 
     def finish(self, run_id: str, ok: bool = True, status: str | None = None) -> None:
@@ -142,5 +146,20 @@ class Tracker:
         by_step: dict[int, dict] = {}
         for key in keys:
             for m in self.client.get_metric_history(run_id, key):
-                by_step.setdefault(m.step, {"step": m.step})[key] = m.value
+                by_step.setdefault(m.step, {names.STEP: m.step})[key] = m.value
         return [by_step[s] for s in sorted(by_step)]
+
+    def publish_front(self, parent_id: str, summary: "Summary", report_dir: Path, ok: bool = True) -> None:
+        """A sweep's report files, f*, hypervolumes and their reference point on its run, and its end."""
+        for f in sorted(report_dir.iterdir()):
+            self.client.log_artifact(parent_id, str(f))
+        # Metrics and a tag, not params: a front rebuilt from part of a sweep has another f* and
+        # reference point than the finished sweep, and MLflow refuses to change a param.
+        values = {names.hypervolume(k): v for k, v in summary.hypervolume.items()}
+        values.update({names.hypervolume_reference(k): v for k, v in zip(names.OBJECTIVES, summary.reference_point)})
+        if summary.anchors is not None:
+            values.update({names.f_star("sft"): summary.anchors.f_star_sft, names.f_star("dpo"): summary.anchors.f_star_dpo})
+        now = int(time.time() * 1000)
+        self.client.log_batch(parent_id, metrics=[Metric(k, v, now, 0) for k, v in values.items()])
+        self.set_tags(parent_id, {"hypervolume_reference": summary.reference_rule})
+        self.finish(parent_id, ok)

@@ -12,35 +12,12 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from orchestrator.config import ExperimentConfig, Resources
-from orchestrator.pareto import Anchors
-from orchestrator.space import apply_point, best_loss, f_star, trial_label
+from orchestrator.pareto import Anchors, best_loss, f_star
+from orchestrator.space import Point, anchor_points, apply_point
 from workers.config import ConfigError, TrialConfig
+from workers.metrics import OBJECTIVES
 
 log = logging.getLogger("rightsweep")
-
-
-def _prepare(trial: dict, world_size: int) -> dict[str, str]:
-    """Build and check the shared inputs; returns what the trials' numbers depend on
-    besides the config (``workers.loop.numerics``), for the sweep's record."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from workers.data import BatchStream
-    from workers.loop import load_inputs, numerics
-    from workers.model import add_lora, model_path
-
-    cfg = TrialConfig.model_validate(trial)
-    torch.set_num_threads(cfg.threads)  # the reference log-probs are computed as a trial would
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    _, sft_train, _, pref_train, _ = load_inputs(cfg, device)
-    for ds in (sft_train, pref_train):  # each worker's share must fill a batch
-        BatchStream(ds, cfg.train.batch_size, 0, collate=None, world_size=world_size)
-    if cfg.model.lora is not None:  # the adapters' targets must exist; a weightless model shows it
-        m = cfg.model
-        config = AutoConfig.from_pretrained(model_path(m, cfg.cache_dir), revision=m.revision, trust_remote_code=m.trust_remote_code)
-        with torch.device("meta"):
-            add_lora(AutoModelForCausalLM.from_config(config, trust_remote_code=m.trust_remote_code), m)
-    return numerics(cfg, device)
 
 
 def prepare_shared(trial: TrialConfig, resources: Resources) -> dict[str, str]:
@@ -51,8 +28,10 @@ def prepare_shared(trial: TrialConfig, resources: Resources) -> dict[str, str]:
     maybe a GPU)."""
     import ray
 
+    from workers.inputs import prepare
+
     need = resources.per_process()
-    task = ray.remote(_prepare).options(num_cpus=need.pop("CPU"), num_gpus=need.pop("GPU", 0), resources=need, max_retries=0)
+    task = ray.remote(prepare).options(num_cpus=need.pop("CPU"), num_gpus=need.pop("GPU", 0), resources=need, max_retries=0)
     started = time.perf_counter()
     try:
         provenance = ray.get(task.remote(trial.model_dump(), max(resources.num_workers, 1)))
@@ -68,6 +47,7 @@ def connect_and_prepare(trial: TrialConfig, resources: Resources) -> dict[str, s
     one, so they are built in a process of their own while Ray starts instead of after
     (seconds of every sweep); on a cluster, as a Ray task."""
     from orchestrator.cluster import check_fits, connect, will_start_locally
+    from workers.inputs import prepare
 
     if not will_start_locally():
         connect()
@@ -75,7 +55,7 @@ def connect_and_prepare(trial: TrialConfig, resources: Resources) -> dict[str, s
         return prepare_shared(trial, resources)
     started = time.perf_counter()
     with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-        preparing = pool.submit(_prepare, trial.model_dump(), max(resources.num_workers, 1))
+        preparing = pool.submit(prepare, trial.model_dump(), max(resources.num_workers, 1))
         connect()
         check_fits(resources)
         provenance = preparing.result()
@@ -122,13 +102,13 @@ def tune_trial(config: dict, experiment: dict, anchors: dict | None, resume_from
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")  # a fresh actor has none
     cfg = ExperimentConfig.model_validate(experiment)
-    point = config["point"]
-    label = trial_label(point)
+    point = Point.from_dict(config["point"])
+    label = point.label
     log.info("%s starts in process %d", label, os.getpid())  # for an operator who must stop one trial
     sweep_dir = Path(cfg.storage) / cfg.name
-    if point["stage"] == "anchor":
-        anchor_file(sweep_dir, point["objective"], point["seed"]).unlink(missing_ok=True)  # a rerun's, not an old failure
-    if anchors is None and point["schedule"] == "maxright":
+    if point.is_anchor:
+        anchor_file(sweep_dir, point).unlink(missing_ok=True)  # a rerun's, not an old failure
+    if anchors is None and point.waits_for_anchors:
         anchors = wait_for_anchors(sweep_dir, cfg.sweep.seeds)
     trial = apply_point(cfg.trial, point, Anchors(**anchors) if anchors else None, cfg.sweep.per_schedule)
     trial = trial.model_copy(update={"output_dir": str(sweep_dir / "trials" / label), "resume_from": resume_from.get(label)})
@@ -142,12 +122,12 @@ def tune_trial(config: dict, experiment: dict, anchors: dict | None, resume_from
         if result.error:
             raise result.error
     except BaseException as e:
-        if point["stage"] == "anchor":
-            publish_anchor(sweep_dir, point["objective"], point["seed"], {"error": f"{label} failed: {e}"[:2000]})
+        if point.is_anchor:
+            publish_anchor(sweep_dir, point, {"error": f"{label} failed: {e}"[:2000]})
         raise
-    if point["stage"] == "anchor":
+    if point.is_anchor:
         points = json.loads((Path(trial.output_dir) / "trajectory.json").read_text())["points"]
-        publish_anchor(sweep_dir, point["objective"], point["seed"], {"best": best_loss(point["objective"], points)})
+        publish_anchor(sweep_dir, point, {"best": best_loss(point.objective, points)})
 
 
 def anchor_watch(sweep_dir: Path):
@@ -158,26 +138,25 @@ def anchor_watch(sweep_dir: Path):
 
     class _AnchorWatch(Callback):
         def on_trial_error(self, iteration, trials, trial, **info):
-            point = trial.config["point"]
-            if point["stage"] != "anchor":
+            point = Point.from_dict(trial.config["point"])
+            if not point.is_anchor:
                 return
-            path = anchor_file(sweep_dir, point["objective"], point["seed"])
-            if not path.exists():
+            if not anchor_file(sweep_dir, point).exists():
                 try:  # Tune's error.txt, last line: the exception
                     reason = Path(trial.error_file).read_text().strip().splitlines()[-1][:500]
                 except (TypeError, OSError, IndexError):
                     reason = "its process died"
-                publish_anchor(sweep_dir, point["objective"], point["seed"], {"error": f"{trial_label(point)} failed: {reason}"})
+                publish_anchor(sweep_dir, point, {"error": f"{point.label} failed: {reason}"})
 
     return _AnchorWatch()
 
 
-def anchor_file(sweep_dir: Path, objective: str, seed: int) -> Path:
-    return sweep_dir / "anchors" / f"{objective}-seed{seed}.json"
+def anchor_file(sweep_dir: Path, anchor: Point) -> Path:
+    return sweep_dir / "anchors" / f"{anchor.objective}-seed{anchor.seed}.json"
 
 
-def publish_anchor(sweep_dir: Path, objective: str, seed: int, content: dict) -> None:
-    path = anchor_file(sweep_dir, objective, seed)
+def publish_anchor(sweep_dir: Path, anchor: Point, content: dict) -> None:
+    path = anchor_file(sweep_dir, anchor)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(content))
@@ -188,16 +167,16 @@ def wait_for_anchors(sweep_dir: Path, seeds: list[int], poll_s: float = 0.5) -> 
     """f* from every anchor trial (both objectives, every seed), once they have ended (they
     start before any MAXRIGHT trial, so this ends); an anchor's failure fails the waiting
     trial too."""
-    wanted = [(objective, seed) for seed in seeds for objective in ("sft", "dpo")]
-    found: dict[tuple[str, int], dict] = {}
+    wanted = anchor_points(seeds)
+    found: dict[Point, dict] = {}
     while len(found) < len(wanted):
-        for key in wanted:
-            path = anchor_file(sweep_dir, *key)
-            if key not in found and path.exists():
-                found[key] = json.loads(path.read_text())
+        for p in wanted:
+            path = anchor_file(sweep_dir, p)
+            if p not in found and path.exists():
+                found[p] = json.loads(path.read_text())
         if errors := [a["error"] for a in found.values() if "error" in a]:
             raise RuntimeError(f"f* cannot be estimated: {'; '.join(errors)}")
         if len(found) < len(wanted):
             time.sleep(poll_s)
-    best = {objective: [a["best"] for (o, _), a in found.items() if o == objective] for objective in ("sft", "dpo")}
+    best = {objective: [a["best"] for p, a in found.items() if p.objective == objective] for objective in OBJECTIVES}
     return {"f_star_sft": f_star(best["sft"]), "f_star_dpo": f_star(best["dpo"])}

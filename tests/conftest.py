@@ -65,7 +65,7 @@ def pytest_configure(config):
 def head():
     """A ``ray start --head`` cluster of 2 CPUs per test module; a driver killed in a test is
     only its client, so no Ray process of the driver's own is left behind."""
-    from tests.raycluster import Cluster
+    from tests.support.raycluster import Cluster
 
     cluster = Cluster()
     try:

@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from workers.schedules import ALRIGHT, MAXRIGHT, SCHEDULES, SEQUENTIAL
+
 EMBEDDED = "embedded"
 LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
@@ -117,7 +119,7 @@ class DataSpec(Section):
 
 
 class TrainSpec(Section):
-    schedule: Literal["sequential", "mix", "alright", "maxright"] = "alright"
+    schedule: Literal[SCHEDULES] = ALRIGHT
     lam: float = Field(0.5, ge=0.0, le=1.0, description="weight on DPO: target is lam*f_DPO + (1-lam)*f_SFT")
     total_steps: int = Field(600, gt=0, description="optimizer steps")
     seed: int = 0
@@ -143,17 +145,17 @@ class TrainSpec(Section):
 
     @model_validator(mode="after")
     def _maxright_needs_anchors(self) -> "TrainSpec":
-        if self.schedule == "maxright" and (self.f_star_sft is None or self.f_star_dpo is None):
-            raise ValueError("schedule 'maxright' needs f_star_sft and f_star_dpo (or the sweep's anchor stage)")
+        if self.schedule == MAXRIGHT and (self.f_star_sft is None or self.f_star_dpo is None):
+            raise ValueError(f"schedule '{MAXRIGHT}' needs f_star_sft and f_star_dpo (or the sweep's anchor stage)")
         if self.sequential_switch_step is not None and self.sequential_switch_step > self.total_steps:
             raise ValueError(f"sequential_switch_step {self.sequential_switch_step} is past total_steps {self.total_steps} "
                              "(allowed: 0 to total_steps)")
         return self
 
     def schedule_options(self) -> dict:
-        if self.schedule == "sequential":
+        if self.schedule == SEQUENTIAL:
             return {"order": self.sequential_order, "switch_step": self.sequential_switch_step}
-        if self.schedule == "maxright":
+        if self.schedule == MAXRIGHT:
             return {"f_star_sft": self.f_star_sft, "f_star_dpo": self.f_star_dpo, "eval_every": self.maxright_eval_every}
         return {}
 

@@ -14,21 +14,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from workers.config import DEFAULT_TEMPLATE, EMBEDDED, LOCAL_SUFFIXES, ConfigError, DataSpec, DatasetSpec
+from workers.config import EMBEDDED, LOCAL_SUFFIXES, ConfigError, DataSpec, DatasetSpec
+from workers.embedded import ensure_embedded
+from workers.prompts import alpaca_prompt_text, render_prompt
 
 log = logging.getLogger("rightsweep.data")
-
-
-def alpaca_prompt_text(instruction: str, input_text: str | None) -> str:
-    """Alpaca's ``input`` is part of the prompt: instruction, blank line, input."""
-    if input_text and input_text.strip():
-        return f"{instruction}\n\n{input_text}"
-    return instruction
-
-
-def render_prompt(text: str, template: str = DEFAULT_TEMPLATE) -> str:
-    # replace, not str.format: user text may hold braces.
-    return template.replace("{prompt}", text)
 
 
 def load_table(source: str, split: str):
@@ -185,8 +175,6 @@ def load_split(spec: DatasetSpec, kind: str, seed: int, cache_dir: str) -> Split
     """Load a dataset and hold out by prompt: a named ``eval_split``, or ``eval_size`` rows
     of whole prompts of the training split. Either way no held-out prompt is trained on."""
     if spec.source == EMBEDDED:
-        from workers.embedded import ensure_embedded
-
         spec = spec.model_copy(update={"source": str(ensure_embedded(cache_dir) / f"{kind}.jsonl")})
     field = f"trial.data.{kind}"
     rows = read_rows(load_table(spec.source, spec.split), spec, kind)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workers.data import alpaca_prompt_text, render_prompt
+from workers.prompts import alpaca_prompt_text, render_prompt
 
 RECIPE = {
     "version": 3,

@@ -9,60 +9,52 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import resource
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from workers.config import TrainSpec, TrialConfig
-from workers.data import BatchStream, collate_pairs, collate_sft, eval_batches, load_tokenized
+from workers import metrics
+from workers.checkpoint import Progress, checkpoint_problem, load_checkpoint, save_checkpoint, save_final, save_rng, unwrap
+from workers.config import TrialConfig
+from workers.data import BatchStream, TokenTable, collate_pairs, collate_sft, eval_batches
+from workers.inputs import load_inputs
 from workers.losses import dpo_loss, sequence_logps, sft_loss, shift_for_causal_lm
-from workers.model import load_policy, load_tokenizer
-from workers.reference import attach_reference, ensure_reference, policy_pair_logps
+from workers.metrics import OBJECTIVES
+from workers.model import load_policy, make_optimizer
+from workers.reference import policy_pair_logps
 from workers.schedules import Plan, Schedule, make_schedule
-from workers.session import RaySession, all_gather_int, all_reduce_, barrier, distributed, scratch_dir
+from workers.session import Session, all_gather_int, all_reduce_, distributed, scratch_dir
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger("rightsweep.loop")
-
-OBJECTIVES = ("sft", "dpo")
 
 
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point: a plain dict in, the same typed config rebuilt here."""
+    from workers.session import RaySession
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     fit(TrialConfig.model_validate(config), RaySession())
 
 
 @dataclass
 class Setup:
-    model: torch.nn.Module
+    model: torch.nn.Module  # DDP-wrapped across several workers
     optimizer: torch.optim.Optimizer
     schedule: Schedule
-    streams: dict[str, BatchStream]
-    sft_eval: object
-    pref_eval: object
+    streams: dict[str, BatchStream]  # objective -> this rank's training batches
+    sft_eval: TokenTable
+    pref_eval: TokenTable  # with reference log-probs
     pad_id: int
-    tokenizer: object
-
-
-@dataclass
-class Progress:
-    """What a checkpoint must carry besides weights and optimizer to continue exactly."""
-
-    step: int = 0
-    decisions: str = ""  # one letter a step: S, D, or M (both)
-    train_seconds: float = 0.0
-    eval_seconds: float = 0.0
-    setup_seconds: float = 0.0  # this process's: data, model, reference cache (not checkpointed)
-    updates: dict = field(default_factory=lambda: {"sft": 0, "dpo": 0})
-    tokens: dict = field(default_factory=lambda: {"sft": 0, "dpo": 0})
-    trajectory: list = field(default_factory=list)
-    rank_digests: list = field(default_factory=list)  # every rank's decisions digest at the last report
+    tokenizer: "PreTrainedTokenizerBase"
 
 
 class Window:
@@ -90,11 +82,11 @@ class Window:
         for k in OBJECTIVES:
             mine = [loss for _, name, loss in self.losses if name == k]
             if mine:
-                out[f"train/{k}_loss"] = float(torch.stack(mine).mean())
+                out[metrics.train_loss(k)] = float(torch.stack(mine).mean())
         return out
 
 
-def fit(cfg: TrialConfig, session) -> list[dict]:
+def fit(cfg: TrialConfig, session: Session) -> list[dict]:
     """Run one trial; returns the trajectory (one dict of metrics per evaluation)."""
     t = cfg.train
     started = time.perf_counter()
@@ -110,7 +102,8 @@ def fit(cfg: TrialConfig, session) -> list[dict]:
             raise RuntimeError(f"checkpoint {resume_dir} is damaged ({problem}); delete that folder to resume from the "
                                "checkpoint before it, or rerun the trial from the start")
         s = setup(cfg, session, resume_dir)
-        progress = load_progress(resume_dir, s, session.rank, session.device) if resume_dir else Progress()
+        progress = (load_checkpoint(resume_dir, s.optimizer, s.schedule, s.streams, session.rank, session.device)
+                    if resume_dir else Progress())
     progress.setup_seconds = time.perf_counter() - started
     if resume_dir:
         log.info("rank %d resumed at step %d", session.rank, progress.step)
@@ -132,31 +125,8 @@ def fit(cfg: TrialConfig, session) -> list[dict]:
             window = Window()
 
     if progress.step == t.total_steps and session.rank == 0 and cfg.output_dir:
-        save_final(cfg.output_dir, s, progress)
+        save_final(cfg.output_dir, s.model, s.tokenizer, progress)
     return progress.trajectory
-
-
-_last_inputs: tuple[str, tuple] | None = None  # (key, inputs) of the last trial in this process
-
-
-def load_inputs(cfg: TrialConfig, device):
-    """Tokenizer and tokenized splits, the pairs carrying their reference log-probs.
-
-    A Tune trial process runs trial after trial of one sweep (``reuse_actors``), all on
-    the same inputs: the last ones are kept, so only the first trial pays for them.
-    Nothing downstream mutates them (batches are collated copies)."""
-    global _last_inputs
-    key = json.dumps([cfg.model.model_dump(), cfg.data.model_dump(), cfg.cache_dir, str(device)], sort_keys=True)
-    if _last_inputs is None or _last_inputs[0] != key:
-        _last_inputs = (key, _read_inputs(cfg, device))
-    return _last_inputs[1]
-
-
-def _read_inputs(cfg: TrialConfig, device):
-    tokenizer = load_tokenizer(cfg.model, cfg.cache_dir)
-    sft_train, sft_eval, pref_train, pref_eval = load_tokenized(cfg.data, tokenizer, cfg.cache_dir)
-    (ref_train, ref_eval), _ = ensure_reference(cfg, tokenizer, pref_train, pref_eval, device)
-    return tokenizer, sft_train, sft_eval, attach_reference(pref_train, *ref_train), attach_reference(pref_eval, *ref_eval)
 
 
 def rank_seed(seed: int, rank: int) -> int:
@@ -165,25 +135,18 @@ def rank_seed(seed: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
 
 
-def setup(cfg: TrialConfig, session, resume_dir: str | None) -> Setup:
+def setup(cfg: TrialConfig, session: Session, resume_dir: str | None) -> Setup:
     t = cfg.train
     torch.manual_seed(t.seed)  # the same on every rank while the model (and LoRA's init) is built
     # Rank 0 builds what ranks share (the embedded assets, the reference cache) while the
     # others wait; then they read it from the cache instead of all computing it at once.
-    if session.rank == 0:
+    with session.rank_zero_first():
         inputs = load_inputs(cfg, session.device)
-    barrier()
-    if session.rank != 0:
-        inputs = load_inputs(cfg, session.device)
-    tokenizer, sft_train, sft_eval, pref_train, pref_eval = inputs
-    pad_id = tokenizer.pad_token_id
+    pad_id = inputs.tokenizer.pad_token_id
 
     model = load_policy(cfg.model, cfg.cache_dir, session.device, resume_dir=resume_dir)
     model.train()
-    if distributed():
-        import ray.train.torch
-
-        model = ray.train.torch.prepare_model(model)
+    model = session.prepare_model(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, t, session.device)
     torch.manual_seed(rank_seed(t.seed, session.rank))
@@ -191,30 +154,11 @@ def setup(cfg: TrialConfig, session, resume_dir: str | None) -> Setup:
     schedule = make_schedule(t.schedule, t.lam, t.total_steps, seed=t.seed, **t.schedule_options())
     rank, world = session.rank, session.world_size
     streams = {
-        "sft": BatchStream(sft_train, t.batch_size, t.seed, lambda r: collate_sft(r, pad_id), rank, world),
+        "sft": BatchStream(inputs.sft_train, t.batch_size, t.seed, lambda r: collate_sft(r, pad_id), rank, world),
         # A different seed stream for pairs so the two orders are not correlated.
-        "dpo": BatchStream(pref_train, t.batch_size, t.seed + 1, lambda r: collate_pairs(r, pad_id), rank, world),
+        "dpo": BatchStream(inputs.pref_train, t.batch_size, t.seed + 1, lambda r: collate_pairs(r, pad_id), rank, world),
     }
-    return Setup(model, optimizer, schedule, streams, sft_eval, pref_eval, pad_id, tokenizer)
-
-
-def fused_optimizer(device: torch.device) -> bool:
-    return device.type in ("cpu", "cuda")
-
-
-def make_optimizer(params, t: TrainSpec, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW with the fused kernel where torch has one: one kernel for every tensor instead
-    of several per tensor, which at small model sizes was about 1 ms of a 15 ms step."""
-    return torch.optim.AdamW(params, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay, fused=fused_optimizer(device))
-
-
-def numerics(cfg: TrialConfig, device: torch.device) -> dict[str, str]:
-    """What a trial's numbers depend on besides its config: recorded with every sweep."""
-    from workers.model import weights_identity
-
-    return {"base_weights": weights_identity(cfg.model, cfg.cache_dir), "torch": torch.__version__,
-            "threads": str(cfg.threads), "device": device.type, "dtype": cfg.model.dtype,
-            "optimizer": f"torch.optim.AdamW(fused={fused_optimizer(device)})"}
+    return Setup(model, optimizer, schedule, streams, inputs.sft_eval, inputs.pref_eval, pad_id, inputs.tokenizer)
 
 
 def objective_loss(name: str, model, batch: dict, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -226,10 +170,6 @@ def objective_loss(name: str, model, batch: dict, beta: float) -> tuple[torch.Te
     chosen, rejected = policy_pair_logps(model, batch)
     losses, _, _ = dpo_loss(chosen, rejected, batch["ref_chosen"], batch["ref_rejected"], beta)
     return losses.mean(), batch["loss_mask"][:, 1:].sum()
-
-
-def unwrap(model):
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
 def train_step(s: Setup, cfg: TrialConfig, step: int, device) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -315,62 +255,83 @@ def evaluate(s: Setup, beta: float, device, batch_size: int, rank: int, world: i
     all_reduce_(sums)
     model.train(was_training)
     nll, tokens, dpo, pairs, correct, margin = sums.tolist()
-    return {
-        "eval/sft_loss": nll / tokens,
-        "eval/dpo_loss": dpo / pairs,
-        "eval/pref_accuracy": correct / pairs,
-        "rewards/margin": margin / pairs,
-    }
+    return {metrics.SFT_LOSS: nll / tokens, metrics.DPO_LOSS: dpo / pairs, metrics.PREF_ACCURACY: correct / pairs,
+            metrics.REWARD_MARGIN: margin / pairs}
 
 
 def decisions_digest(decisions: str) -> int:
     return int(hashlib.sha256(decisions.encode()).hexdigest()[:15], 16)
 
 
-def report(session, s: Setup, cfg: TrialConfig, progress: Progress, checkpoint: bool, window: Window | None = None) -> None:
-    """Evaluate, check that every rank took the same decisions, report (and checkpoint)."""
-    diverged = window.first_non_finite() if window is not None else None
+def report(session: Session, s: Setup, cfg: TrialConfig, progress: Progress, checkpoint: bool,
+           window: Window | None = None) -> None:
+    """One point of the trajectory: stop on a diverged loss, evaluate, check that every rank
+    took the same decisions, then report it (with a checkpoint when asked)."""
+    if window is not None:
+        raise_if_diverged(window, cfg.train.lr)
+    started = time.perf_counter()
+    point = {metrics.STEP: progress.step}
+    point.update(evaluate(s, cfg.train.beta, session.device, cfg.train.eval_batch_size, session.rank, session.world_size))
+    check_same_decisions(progress, session)
+    if window is not None:
+        point.update(window.means())
+    point.update(counters(progress))
+    progress.eval_seconds += time.perf_counter() - started
+    point.update(costs(progress, session.device))
+    progress.trajectory.append(point)
+    if session.rank == 0:
+        log.info(
+            "step %d/%d  eval sft %.4f  dpo %.4f  acc %.3f  (%d SFT / %d DPO updates, %.1fs training)",
+            progress.step, cfg.train.total_steps, point[metrics.SFT_LOSS], point[metrics.DPO_LOSS],
+            point[metrics.PREF_ACCURACY], progress.updates["sft"], progress.updates["dpo"], progress.train_seconds,
+        )
+    if checkpoint:
+        report_with_checkpoint(session, s, progress, point)
+    else:
+        session.report(point)
+
+
+def raise_if_diverged(window: Window, lr: float) -> None:
+    diverged = window.first_non_finite()
     if diverged is not None:
         step, name, value = diverged
         raise FloatingPointError(
             f"training diverged: the {name.upper()} loss was {value} at step {step} "
-            f"(trial.train.lr={cfg.train.lr:g}); lower the learning rate"
+            f"(trial.train.lr={lr:g}); lower the learning rate"
         )
-    started = time.perf_counter()
-    metrics = {"step": progress.step}
-    metrics.update(evaluate(s, cfg.train.beta, session.device, cfg.train.eval_batch_size, session.rank, session.world_size))
+
+
+def check_same_decisions(progress: Progress, session: Session) -> None:
+    """Every rank must have stepped the same objectives: one that did not would have
+    all-reduced gradients of another objective (or hung)."""
     digests = all_gather_int(decisions_digest(progress.decisions), session.device)
     if len(set(digests)) != 1:
         raise RuntimeError(f"ranks took different schedule decisions by step {progress.step}: digests {digests}")
     progress.rank_digests = digests
-    if window is not None:
-        metrics.update(window.means())
+
+
+def counters(progress: Progress) -> dict[str, int]:
+    out = {}
     for name in OBJECTIVES:
-        progress.tokens[name] = int(progress.tokens[name])
-        metrics[f"updates/{name}"] = progress.updates[name]
-        metrics[f"tokens/{name}"] = progress.tokens[name]
-    progress.eval_seconds += time.perf_counter() - started
-    metrics["time/train_s"] = progress.train_seconds
-    metrics["time/eval_s"] = progress.eval_seconds
-    metrics["time/setup_s"] = progress.setup_seconds
-    metrics["system/peak_mem_mb"] = peak_memory_mb(session.device)
-    progress.trajectory.append(metrics)
-    if session.rank == 0:
-        log.info(
-            "step %d/%d  eval sft %.4f  dpo %.4f  acc %.3f  (%d SFT / %d DPO updates, %.1fs training)",
-            progress.step, cfg.train.total_steps, metrics["eval/sft_loss"], metrics["eval/dpo_loss"],
-            metrics["eval/pref_accuracy"], progress.updates["sft"], progress.updates["dpo"], progress.train_seconds,
-        )
-    if not checkpoint:
-        session.report(metrics)
-        return
+        progress.tokens[name] = int(progress.tokens[name])  # the step's tensors: one sync, here
+        out[metrics.updates(name)] = progress.updates[name]
+        out[metrics.tokens(name)] = progress.tokens[name]
+    return out
+
+
+def costs(progress: Progress, device: torch.device) -> dict[str, float]:
+    return {metrics.TRAIN_S: progress.train_seconds, metrics.EVAL_S: progress.eval_seconds,
+            metrics.SETUP_S: progress.setup_seconds, metrics.PEAK_MEM_MB: peak_memory_mb(device)}
+
+
+def report_with_checkpoint(session: Session, s: Setup, progress: Progress, point: dict) -> None:
     with scratch_dir() as d:
         # One copy of the state from rank 0; each rank adds its own RNG state (Ray merges
         # the ranks' checkpoint folders into one).
         save_rng(d, session.rank, session.device)
         if session.rank == 0:
-            save_checkpoint(d, s, progress)
-        session.report(metrics, checkpoint_dir=d)
+            save_checkpoint(d, s.model, s.optimizer, s.schedule, s.streams, progress)
+        session.report(point, checkpoint_dir=d)
 
 
 def reset_peak_memory(device) -> None:
@@ -391,97 +352,3 @@ def peak_memory_mb(device) -> float:
         status = Path("/proc/self/status").read_text().splitlines()
         return int(next(line.split()[1] for line in status if line.startswith("VmHWM:"))) / 1024  # kB
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # no /proc: the process's peak, in KiB
-
-
-def save_checkpoint(d: str, s: Setup, progress: Progress) -> None:
-    """Weights (safetensors, via save_pretrained: the adapter alone with LoRA) and the
-    optimizer as tensors for ``torch.load(weights_only=True)``, the rest as JSON."""
-    d = Path(d)
-    unwrap(s.model).save_pretrained(d / "model", safe_serialization=True)
-    torch.save(s.optimizer.state_dict(), d / "optimizer.pt")
-    state = {
-        "step": progress.step,
-        "decisions": progress.decisions,
-        "train_seconds": progress.train_seconds,
-        "eval_seconds": progress.eval_seconds,
-        "updates": progress.updates,
-        "tokens": progress.tokens,
-        "trajectory": progress.trajectory,
-        "schedule": s.schedule.state_dict(),
-        "streams": {k: v.state_dict() for k, v in s.streams.items()},
-    }
-    (d / "state.json").write_text(json.dumps(state))
-
-
-def checkpoint_problem(d: str | Path, rank: int = 0) -> str | None:
-    """What is wrong with a checkpoint folder, or None if it is whole enough to resume from:
-    a damaged file found here is one clear line, not a traceback from deep in a loader."""
-    d = Path(d)
-    try:
-        state = json.loads((d / "state.json").read_text())
-        int(state["step"]), state["schedule"], state["streams"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        return f"state.json: {type(e).__name__}: {e}"[:300]
-    model = d / "model"
-    if not any(model.glob("*.safetensors")):
-        return "model/: no safetensors weights"
-    for name in ("optimizer.pt", f"rng/rank{rank}.pt"):
-        try:
-            with open(d / name, "rb") as f:
-                if not f.read(4).startswith(b"PK"):  # torch.save writes a zip archive
-                    return f"{name}: not a torch archive"
-        except OSError as e:
-            return f"{name}: {e.strerror or e}"
-    return None
-
-
-def rng_file(d: str | Path, rank: int) -> Path:
-    return Path(d) / "rng" / f"rank{rank}.pt"
-
-
-def save_rng(d: str, rank: int, device: torch.device) -> None:
-    """This rank's torch RNG states: the CPU's and, on a GPU, its device's (dropout on a
-    GPU draws from the device's generator)."""
-    state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    rng_file(d, rank).parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, rng_file(d, rank))
-
-
-def load_rng(d: str, rank: int, device: torch.device) -> None:
-    state = torch.load(rng_file(d, rank), weights_only=True)
-    torch.set_rng_state(state["cpu"])
-    if device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def load_progress(d: str, s: Setup, rank: int = 0, device: torch.device = torch.device("cpu")) -> Progress:
-    """Restore optimizer, this rank's RNG, schedule and data positions (the weights were
-    loaded by setup)."""
-    d = Path(d)
-    s.optimizer.load_state_dict(torch.load(d / "optimizer.pt", weights_only=True))
-    load_rng(d, rank, device)
-    state = json.loads((d / "state.json").read_text())
-    s.schedule.load_state_dict(state["schedule"])
-    for k, stream in s.streams.items():
-        stream.load_state_dict(state["streams"][k])
-    return Progress(
-        step=state["step"],
-        decisions=state["decisions"],
-        train_seconds=state["train_seconds"],
-        eval_seconds=state["eval_seconds"],
-        updates=state["updates"],
-        tokens=state["tokens"],
-        trajectory=state["trajectory"],
-    )
-
-
-def save_final(output_dir: str, s: Setup, progress: Progress) -> None:
-    """The trained model in Hugging Face format, its tokenizer, and the trajectory."""
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    unwrap(s.model).save_pretrained(out / "model", safe_serialization=True)
-    s.tokenizer.save_pretrained(out / "model")
-    summary = {"decisions": progress.decisions, "rank_digests": progress.rank_digests, "points": progress.trajectory}
-    (out / "trajectory.json").write_text(json.dumps(summary, indent=1))

@@ -1,5 +1,5 @@
 """The policy: any AutoModelForCausalLM by hub name or local path, or the embedded tiny
-model; full fine-tuning or LoRA adapters via peft."""
+model; full fine-tuning or LoRA adapters via peft; and its optimizer."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from workers.config import EMBEDDED, ConfigError, ModelSpec
+from workers.config import EMBEDDED, ConfigError, ModelSpec, TrainSpec
 from workers.embedded import ensure_embedded
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -83,6 +83,16 @@ def add_lora(model, spec: ModelSpec):
     except ValueError as e:
         names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
         raise ConfigError(f"trial.model.lora.targets: {lora.targets} match no module of {spec.name!r}; its linear layers: {names}") from e
+
+
+def fused_optimizer(device: torch.device) -> bool:
+    return device.type in ("cpu", "cuda")
+
+
+def make_optimizer(params, t: TrainSpec, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW with the fused kernel where torch has one: one kernel for every tensor instead
+    of several per tensor, which at small model sizes was about 1 ms of a 15 ms step."""
+    return torch.optim.AdamW(params, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay, fused=fused_optimizer(device))
 
 
 def weights_identity(spec: ModelSpec, cache_dir: str) -> str:

@@ -18,7 +18,9 @@ from typing import Any
 
 import numpy as np
 
-SCHEDULES = ("sequential", "mix", "alright", "maxright")
+# The schedule names, spelled here only: the configs, the CLI and the plot colours take them.
+SEQUENTIAL, MIX, ALRIGHT, MAXRIGHT = "sequential", "mix", "alright", "maxright"
+SCHEDULES = (SEQUENTIAL, MIX, ALRIGHT, MAXRIGHT)
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,7 @@ class Sequential(Schedule):
     ``(T_first, T_second)`` epochs, converted to steps by the caller).
     """
 
-    name = "sequential"
+    name = SEQUENTIAL
 
     def __init__(self, lam: float, total_steps: int, order: str = "dpo_first", switch_step: int | None = None):
         super().__init__(lam, total_steps)
@@ -87,7 +89,7 @@ class Sequential(Schedule):
 class Mix(Schedule):
     """Both objectives every step, weighted ``1−λ`` (SFT) and ``λ`` (DPO)."""
 
-    name = "mix"
+    name = MIX
 
     def plan(self, step: int) -> Plan:
         return Plan(sft_weight=1.0 - self.lam, dpo_weight=self.lam)
@@ -100,7 +102,7 @@ class Alright(Schedule):
     the global RNG that data shuffling or dropout might also consume.
     """
 
-    name = "alright"
+    name = ALRIGHT
 
     def __init__(self, lam: float, total_steps: int, seed: int = 0):
         super().__init__(lam, total_steps)
@@ -124,7 +126,7 @@ class Maxright(Schedule):
     training loss after each update, and both are recomputed every ``eval_every`` steps.
     """
 
-    name = "maxright"
+    name = MAXRIGHT
     observes = True
 
     def __init__(
@@ -175,12 +177,11 @@ def make_schedule(name: str, lam: float, total_steps: int, seed: int = 0, **opti
         raise ValueError(f"lam must be in [0, 1], got {lam}")
     if total_steps < 1:
         raise ValueError(f"total_steps must be >= 1, got {total_steps}")
-    if name == "sequential":
-        return Sequential(lam, total_steps, **options)
-    if name == "mix":
-        return Mix(lam, total_steps, **options)
-    if name == "alright":
-        return Alright(lam, total_steps, seed=seed, **options)
-    if name == "maxright":
-        return Maxright(lam, total_steps, **options)
-    raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}; got {name!r}")
+    if name not in _CLASSES:
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}; got {name!r}")
+    if name == ALRIGHT:
+        options["seed"] = seed
+    return _CLASSES[name](lam, total_steps, **options)
+
+
+_CLASSES: dict[str, type[Schedule]] = {cls.name: cls for cls in (Sequential, Mix, Alright, Maxright)}

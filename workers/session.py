@@ -5,18 +5,48 @@ Three places run the loop:
 - Ray Train's local mode inside a Tune trial (``num_workers=0``): there ``ray.train.report``
   raises a DeprecationWarning (Ray issue 49454), so report through ``ray.tune``;
 - a plain process (tests, benchmarks): metrics are kept in memory, checkpoints in a folder.
+
+``Session`` is what the loop needs of either; only ``RaySession`` imports Ray.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Protocol, runtime_checkable
 
 import torch
 import torch.distributed as dist
+
+
+@runtime_checkable
+class Session(Protocol):
+    rank: int
+    world_size: int
+    device: torch.device
+
+    def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
+        """Hand one evaluation point (and a checkpoint folder, copied before this returns) on."""
+
+    def latest_checkpoint(self) -> AbstractContextManager[str | None]:
+        """The folder of the checkpoint to resume from, while the context lasts; None: start afresh."""
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The model as this rank trains it (wrapped for DDP across several workers)."""
+
+    def rank_zero_first(self) -> AbstractContextManager[None]:
+        """Rank 0 runs the block first while the other ranks wait, then they run it."""
+
+
+@contextmanager
+def _rank_zero_first(rank: int) -> Iterator[None]:
+    if rank != 0:
+        barrier()
+    yield
+    if rank == 0:
+        barrier()
 
 
 class LocalSession:
@@ -40,6 +70,12 @@ class LocalSession:
     @contextmanager
     def latest_checkpoint(self) -> Iterator[str | None]:
         yield self.resume_from
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model
+
+    def rank_zero_first(self) -> AbstractContextManager[None]:
+        return _rank_zero_first(self.rank)
 
 
 class RaySession:
@@ -76,6 +112,16 @@ class RaySession:
             return
         with checkpoint.as_directory() as d:
             yield d
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        if not distributed():
+            return model
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model)
+
+    def rank_zero_first(self) -> AbstractContextManager[None]:
+        return _rank_zero_first(self.rank)
 
 
 @contextmanager

@@ -1,13 +1,18 @@
 """Bad input fails fast: exit 2 and one line naming the field and what is allowed, before
-any trial starts — and before Ray starts wherever the config alone shows the fault."""
+any trial starts — and before Ray starts wherever the config alone shows the fault.
+
+What the config and the files show is checked in-process (``main``, with a tripwire on
+connecting to Ray); what needs a Ray, and the exit path itself, run the real command."""
 
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
-from tests.raycluster import free_ports
+from orchestrator.cli import main
+from tests.support.raycluster import free_ports
 
 
 def rightsweep(*args, timeout=60):
@@ -20,6 +25,25 @@ def assert_refused(proc, message, ray_started=False):
     assert len(errors) == 1 and message in errors[0], proc.stderr[-3000:]
     assert ("started a local Ray" in proc.stderr) == ray_started, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and "trial" not in proc.stdout.lower()
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """``rightsweep ...`` in this process: its exit code and output, as the command's. It
+    must refuse before it connects to Ray (or starts one): doing so trips the test."""
+    import orchestrator.trial
+
+    def tripwire(*args, **kwargs):
+        raise AssertionError("the command went on to start Ray")
+
+    monkeypatch.setattr(orchestrator.trial, "connect_and_prepare", tripwire)
+
+    def run(*args):
+        code = main(list(args))
+        out = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
+
+    return run
 
 
 # What the config alone shows: refused in about a second, Ray never started.
@@ -63,10 +87,10 @@ CONFIG_FAULTS = {
 
 
 @pytest.mark.parametrize("fault", CONFIG_FAULTS)
-def test_config_faults_exit_2_before_ray(fault, tmp_path):
+def test_config_faults_exit_2_before_ray(fault, tmp_path, cli):
     args, message = CONFIG_FAULTS[fault]
     args = ["--config", "smoke", *args] if "--config" not in args else args
-    assert_refused(rightsweep("sweep", "--set", f"storage={tmp_path}", *args), message)
+    assert_refused(cli("sweep", "--set", f"storage={tmp_path}", *args), message)
 
 
 def test_train_flags_are_checked_like_the_config(tmp_path):
@@ -75,16 +99,16 @@ def test_train_flags_are_checked_like_the_config(tmp_path):
 
 
 @pytest.mark.parametrize("command", ["sweep", "train"])
-def test_missing_dataset_file(command, tmp_path):
-    proc = rightsweep(command, "--config", "smoke", "--set", f"storage={tmp_path}",
+def test_missing_dataset_file(command, tmp_path, cli):
+    proc = cli(command, "--config", "smoke", "--set", f"storage={tmp_path}",
                       "--set", f"trial.data.sft.source={tmp_path / 'nope.jsonl'}")
     assert_refused(proc, f"trial.data.sft.source: file {tmp_path / 'nope.jsonl'} does not exist")
 
 
-def test_dataset_missing_a_mapped_column(tmp_path):
+def test_dataset_missing_a_mapped_column(tmp_path, cli):
     path = tmp_path / "pairs.jsonl"
     path.write_text(json.dumps({"question": "q", "response_j": "a"}) + "\n")
-    proc = rightsweep("sweep", "--config", "smoke", "--set", f"storage={tmp_path}",
+    proc = cli("sweep", "--config", "smoke", "--set", f"storage={tmp_path}",
                       "--set", f"trial.data.pref.source={path}", "--set", "trial.data.pref.preset=custom",
                       "--set", "trial.data.pref.columns={prompt: question, chosen: response_j, rejected: response_k}")
     assert_refused(proc, "trial.data.pref.columns:")
@@ -92,22 +116,22 @@ def test_dataset_missing_a_mapped_column(tmp_path):
 
 
 @pytest.mark.parametrize("content", ["", "[]"])
-def test_empty_dataset(content, tmp_path):
+def test_empty_dataset(content, tmp_path, cli):
     path = tmp_path / ("sft.jsonl" if not content else "sft.json")
     path.write_text(content)
-    proc = rightsweep("sweep", "--config", "smoke", "--set", f"storage={tmp_path}", "--set", f"trial.data.sft.source={path}")
+    proc = cli("sweep", "--config", "smoke", "--set", f"storage={tmp_path}", "--set", f"trial.data.sft.source={path}")
     assert_refused(proc, f"trial.data.sft.source: {path} holds no rows")
 
 
-def test_storage_not_writable(tmp_path):
+def test_storage_not_writable(tmp_path, cli):
     blocked = tmp_path / "file"
     blocked.write_text("a file where a folder should be")
-    proc = rightsweep("sweep", "--config", "smoke", "--set", f"storage={blocked / 'sub'}")
+    proc = cli("sweep", "--config", "smoke", "--set", f"storage={blocked / 'sub'}")
     assert_refused(proc, f"storage: {blocked / 'sub'} is not writable")
 
 
-def test_a_hub_model_that_is_not_here_needs_network_or_a_local_path(tmp_path):
-    proc = rightsweep("sweep", "--config", "smoke", "--set", f"storage={tmp_path}",
+def test_a_hub_model_that_is_not_here_needs_network_or_a_local_path(tmp_path, cli):
+    proc = cli("sweep", "--config", "smoke", "--set", f"storage={tmp_path}",
                       "--set", "trial.model.name=EleutherAI/pythia-1b", "--set", "trial.model.revision=step143000")
     assert_refused(proc, "trial.model.name: 'EleutherAI/pythia-1b' is neither a local path nor in the Hugging Face cache")
     assert "needs network access to the hub, or a local path" in proc.stderr
@@ -160,35 +184,35 @@ def test_a_tracking_server_that_does_not_answer(cache_dir, tmp_path):
     ("name: a\ntrial:\n\tmodel: {}\n", "not valid YAML at line 3, column 1: found character '\\t' that cannot start any token"),
     ("name: a\nname: b\n", "not valid YAML at line 2, column 1: duplicate key 'name' (each key once)"),
 ])
-def test_a_config_file_with_a_tab_or_a_key_twice(text, message, tmp_path):
+def test_a_config_file_with_a_tab_or_a_key_twice(text, message, tmp_path, cli):
     path = tmp_path / "mine.yaml"
     path.write_text(text)
-    assert_refused(rightsweep("sweep", "--config", str(path), "--set", f"storage={tmp_path}"), message)
+    assert_refused(cli("sweep", "--config", str(path), "--set", f"storage={tmp_path}"), message)
 
 
-def test_a_folder_named_like_a_config_file(tmp_path):
+def test_a_folder_named_like_a_config_file(tmp_path, cli):
     (tmp_path / "x.yaml").mkdir()
-    assert_refused(rightsweep("sweep", "--config", str(tmp_path / "x.yaml")), f"config file {tmp_path / 'x.yaml'} is a folder, not a YAML file")
+    assert_refused(cli("sweep", "--config", str(tmp_path / "x.yaml")), f"config file {tmp_path / 'x.yaml'} is a folder, not a YAML file")
 
 
-def test_a_folder_that_is_not_a_model(tmp_path):
+def test_a_folder_that_is_not_a_model(tmp_path, cli):
     """It gave a misleading 'sentencepiece or tiktoken' traceback after Ray started."""
     (tmp_path / "notes").mkdir()
-    proc = rightsweep("sweep", "--config", "smoke", "--set", f"storage={tmp_path}", "--set", f"trial.model.name={tmp_path / 'notes'}")
+    proc = cli("sweep", "--config", "smoke", "--set", f"storage={tmp_path}", "--set", f"trial.model.name={tmp_path / 'notes'}")
     assert_refused(proc, f"trial.model.name: {tmp_path / 'notes'} is not a saved model (no config.json in it)")
 
 
-def test_a_jsonl_file_broken_past_its_first_line(tmp_path):
+def test_a_jsonl_file_broken_past_its_first_line(tmp_path, cli):
     """The pre-check read the first line only; the third line's error came as a traceback after Ray started."""
     path = tmp_path / "sft.jsonl"
     good = json.dumps({"instruction": "a", "input": "", "output": "b"})
     path.write_text(f"{good}\n{good}\n{{\"instruction\": broken\n")
-    proc = rightsweep("sweep", "--config", "smoke", "--set", f"storage={tmp_path}", "--set", f"trial.data.sft.source={path}")
+    proc = cli("sweep", "--config", "smoke", "--set", f"storage={tmp_path}", "--set", f"trial.data.sft.source={path}")
     assert_refused(proc, f"trial.data.sft.source: cannot read {path}: line 3 is not JSON")
 
 
-def test_a_hub_dataset_that_is_not_here_needs_network_or_a_local_file(tmp_path):
-    proc = rightsweep("sweep", "--config", "smoke", "--set", f"storage={tmp_path}", "--set", "trial.data.pref.source=Dahoas/rm-hh-rlhf")
+def test_a_hub_dataset_that_is_not_here_needs_network_or_a_local_file(tmp_path, cli):
+    proc = cli("sweep", "--config", "smoke", "--set", f"storage={tmp_path}", "--set", "trial.data.pref.source=Dahoas/rm-hh-rlhf")
     assert_refused(proc, "trial.data.pref.source: hub dataset 'Dahoas/rm-hh-rlhf' is not in the Hugging Face cache and the hub cannot be reached")
 
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.mlflowserver import store
-from tests.raycluster import RAY
+from tests.support.mlflowserver import store
+from tests.support.raycluster import RAY
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
 
 
@@ -111,7 +111,7 @@ def test_mlflow_ui_shows_trials_and_pareto_plot_in_chromium(submitted):
 
     from playwright.sync_api import sync_playwright
 
-    from tests.raycluster import free_ports
+    from tests.support.raycluster import free_ports
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     assert chromium, "chromium is not installed: `make test` installs Debian's chromium package"

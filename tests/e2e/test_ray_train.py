@@ -7,15 +7,10 @@ import sys
 
 import pytest
 
-from orchestrator.config import Resources, load_config
+from orchestrator.config import Resources
 from orchestrator.trial import build_trainer
+from tests.support.trials import smoke_trial
 from workers.loop import decisions_digest
-
-
-def smoke_trial(cache_dir, out_dir, **train):
-    cfg = load_config("smoke", [f"trial.cache_dir={cache_dir}"])
-    t = cfg.trial.train.model_copy(update=train)
-    return cfg.trial.model_copy(update={"train": t, "output_dir": str(out_dir)})
 
 
 def test_two_workers_agree_and_resume_exactly(ray_local, cache_dir, tmp_path):

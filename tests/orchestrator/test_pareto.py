@@ -2,7 +2,10 @@ import math
 
 import pytest
 
-from orchestrator.pareto import Anchors, Interval, TrialResult, front_mask, gaps, hypervolume, interval95, summarize
+from orchestrator.pareto import (
+    Anchors, Interval, TrialResult, anchors_from_trajectories, best_loss, finished_anchors, front_mask, gaps, hypervolume,
+    initial_point, interval95, summarize, trial_result,
+)
 
 LN2 = math.log(2)
 
@@ -107,3 +110,26 @@ def test_hypervolume_reference_is_beyond_every_trial_not_the_initial_point():
 def test_no_anchors_gives_no_gaps():
     s = summarize([TrialResult("a", "alright", 0.5, 0, 0.3, 0.2)], None, initial_point=(3.0, LN2))
     assert math.isnan(s.rows[0].gap_sft) and math.isnan(s.cells[0].ideal_distance.mean) and s.anchors is None
+
+
+def test_f_star_is_the_mean_over_anchor_seeds_of_each_seeds_best():
+    seed0 = [{"eval/sft_loss": 2.0, "eval/dpo_loss": 0.7}, {"eval/sft_loss": 1.5, "eval/dpo_loss": 0.9},
+             {"eval/sft_loss": 1.75, "eval/dpo_loss": 0.8}]
+    seed1 = [{"eval/sft_loss": 2.5, "eval/dpo_loss": 0.6}, {"eval/sft_loss": 1.0, "eval/dpo_loss": 0.3}]
+    assert (best_loss("sft", seed0), best_loss("dpo", seed0)) == (1.5, 0.7)
+    # SFT: best 1.5 (seed 0) and 1.0 (seed 1) -> 1.25; DPO from the DPO-only runs: 0.7 and 0.3 -> 0.5
+    assert anchors_from_trajectories([seed0, seed1], [seed0, seed1]) == Anchors(1.25, 0.5)
+    assert finished_anchors([("sft", seed0), ("dpo", seed1), ("sft", seed1)]) == Anchors(1.25, 0.3)
+    assert finished_anchors([("sft", seed0)]) is None, "no DPO anchor finished: no f*"
+
+
+def test_a_trial_result_is_its_last_point_and_the_initial_point_the_worst_start():
+    traj = [{"step": 0, "eval/sft_loss": 3.0, "eval/dpo_loss": 0.69},
+            {"step": 50, "eval/sft_loss": 2.0, "eval/dpo_loss": 0.5, "eval/pref_accuracy": 0.75,
+             "time/train_s": 10.0, "time/eval_s": 2.5, "system/peak_mem_mb": 300.0}]
+    r = trial_result("mix-lam0.5-seed1", "mix", 0.5, 1, traj)
+    assert (r.sft_loss, r.dpo_loss, r.pref_accuracy, r.runtime_s, r.peak_mem_mb) == (2.0, 0.5, 0.75, 12.5, 300.0)
+    assert (r.trial_id, r.schedule, r.lam, r.seed) == ("mix-lam0.5-seed1", "mix", 0.5, 1)
+    other = [{"step": 0, "eval/sft_loss": 3.0000001, "eval/dpo_loss": 0.68}]
+    resumed = [{"step": 20, "eval/sft_loss": 9.0, "eval/dpo_loss": 9.0}]  # no step-0 point: not a start
+    assert initial_point([traj, other, resumed, []]) == (3.0000001, 0.69)

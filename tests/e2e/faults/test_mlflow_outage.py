@@ -12,9 +12,9 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from tests.mlflowserver import MlflowServer
-from tests.planted import Planted
-from tests.raycluster import free_ports
+from tests.support.mlflowserver import MlflowServer
+from tests.support.planted import Planted
+from tests.support.raycluster import free_ports
 
 STEPS = [0, 100, 200, 300]
 

@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from tests.mlflowserver import store
-from tests.planted import Planted
+from tests.support.mlflowserver import store
+from tests.support.planted import Planted
 
 PY = sys.executable
 LONG = ["--set", "trial.train.total_steps=600", "--set", "trial.train.eval_every=100", "--set", "trial.train.checkpoint_every=100"]

@@ -204,7 +204,7 @@ def test_ranks_draw_different_dropout_but_take_the_same_decisions(cache_dir):
 
 
 def test_checkpoints_carry_each_ranks_rng(cache_dir, tmp_path):
-    from workers.loop import load_rng, rng_file, save_rng
+    from workers.checkpoint import load_rng, rng_file, save_rng
 
     cfg = trial(cache_dir, total_steps=4, eval_every=2, checkpoint_every=2)
     session = LocalSession(checkpoint_root=str(tmp_path / "ckpt"))

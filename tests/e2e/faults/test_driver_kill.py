@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from tests.mlflowserver import store
+from tests.support.mlflowserver import store
 
 PY = sys.executable
 

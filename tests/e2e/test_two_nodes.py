@@ -7,7 +7,7 @@ import sys
 import pytest
 from mlflow import MlflowClient
 
-from tests.raycluster import Cluster
+from tests.support.raycluster import Cluster
 
 PY = sys.executable
 

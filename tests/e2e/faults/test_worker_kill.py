@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from orchestrator.config import Resources
-from tests.test_ray_train import smoke_trial
+from tests.support.trials import smoke_trial
 
 COMMON = dict(schedule="alright", lam=0.5, total_steps=200, eval_every=20, checkpoint_every=20)
 

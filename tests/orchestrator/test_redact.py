@@ -1,5 +1,6 @@
 from orchestrator.redact import MASK, redact, redact_text
 from orchestrator.mirror import trial_params
+from orchestrator.space import Point
 from orchestrator.sweep import flatten
 
 
@@ -24,5 +25,5 @@ def test_logged_trial_params_carry_no_uri_password():
     from orchestrator.config import load_config
 
     cfg = load_config("smoke", ["trial.data.sft.source=https://user:hunter2@example.org/data.jsonl"])
-    params = trial_params(cfg, {"schedule": "alright", "lam": 0.5, "seed": 0, "stage": "main"})
+    params = trial_params(cfg, Point("main", "alright", 0.5, 0))
     assert "hunter2" not in str(params) and params["sft_data"] == f"https://user:{MASK}@example.org/data.jsonl"

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -119,12 +118,12 @@ class Payload:
 
 
 def test_a_tampered_checkpoint_cannot_run_code(tmp_path):
-    from workers.loop import load_progress
+    from workers.checkpoint import load_checkpoint
 
     marker = tmp_path / "pickle-ran"
     torch.save({"state": Payload(str(marker))}, tmp_path / "optimizer.pt")
     with pytest.raises(pickle.UnpicklingError):
-        load_progress(str(tmp_path), SimpleNamespace(optimizer=torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)))
+        load_checkpoint(tmp_path, torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1), schedule=None, streams={})
     assert not marker.exists()
     torch.load(tmp_path / "optimizer.pt", weights_only=False)  # what an unsafe loader would do
     assert marker.exists()
@@ -150,7 +149,7 @@ def test_no_secret_reaches_mlflow_storage_or_logs(cache_dir, tmp_path):
     artifacts (config.yaml), the sweep's storage or the driver's output."""
     from mlflow import MlflowClient
 
-    from tests.mlflowserver import MlflowServer
+    from tests.support.mlflowserver import MlflowServer
 
     env_secrets = {"HF_TOKEN": "hf_envsecret0001", "AWS_SECRET_ACCESS_KEY": "awsenvsecret0002", "DB_PASSWORD": "pwenvsecret0003"}
     password = "uripassword0004"

@@ -1,0 +1,77 @@
+"""The front rebuilt from a real MLflow store alone (SQLite), with hand-made trials."""
+
+import math
+
+import pytest
+
+from orchestrator.pareto import Anchors
+from orchestrator.store import rebuild
+from orchestrator.tracking import Tracker
+
+
+def traj(*points):
+    """(step, f_SFT, f_DPO) -> trajectory points with the costs a trial reports."""
+    return [{"step": s, "eval/sft_loss": a, "eval/dpo_loss": b, "eval/pref_accuracy": 0.5, "time/train_s": 2.0 * s,
+             "time/eval_s": 1.0, "system/peak_mem_mb": 100.0} for s, a, b in points]
+
+
+def sweep(tmp_path, parent_params, trials):
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "exp", str(tmp_path))
+    parent = tracker.start_parent("exp", {"trial.train.f_star_sft": "None", "trial.train.f_star_dpo": "None",
+                                          "sweep.hypervolume_reference": "None", "numerics.threads": "1", **parent_params})
+    for label, (schedule, lam, seed, stage, points, status) in trials.items():
+        run = tracker.trial_run(parent, label, label, {"schedule": schedule, "lam": lam, "seed": seed}, stage)
+        tracker.log_points(run, points)
+        if status != "RUNNING":
+            tracker.finish(run, status=status)
+    return tracker, parent
+
+
+TRIALS = {
+    "anchor-sft-seed0": ("sequential", 0.0, 0, "anchor", traj((0, 3.0, 0.69), (10, 1.0, 2.0), (20, 1.2, 3.0)), "FINISHED"),
+    "anchor-dpo-seed0": ("sequential", 1.0, 0, "anchor", traj((0, 3.0, 0.69), (10, 4.0, 0.1)), "FINISHED"),
+    "mix-lam0.5-seed0": ("mix", 0.5, 0, "main", traj((0, 3.0, 0.69), (10, 2.0, 0.4)), "FINISHED"),
+    "alright-lam0.5-seed0": ("alright", 0.5, 0, "main", traj((0, 3.0, 0.69), (10, 1.5, 0.6)), "FINISHED"),
+    "sequential-lam0.5-seed0": ("sequential", 0.5, 0, "main", traj((0, 3.0, 0.69), (10, 3.0, 0.5)), "FINISHED"),
+    "maxright-lam0.5-seed0": ("maxright", 0.5, 0, "main", traj((0, 3.0, 0.69), (10, 0.1, 0.01)), "RUNNING"),
+    "mix-lam0.75-seed0": ("mix", 0.75, 0, "main", traj((0, 3.0, 0.69), (10, 0.2, 0.02)), "FAILED"),
+}
+
+
+def test_the_front_of_the_finished_trials_and_f_star_from_their_anchors(tmp_path):
+    tracker, parent = sweep(tmp_path, {}, TRIALS)
+    summary = rebuild(tracker, tmp_path / "report", finished=True)
+    # Anchors: SFT's best over its trajectory (1.0 at step 10, not its last 1.2), DPO's 0.1.
+    assert summary.anchors == Anchors(1.0, 0.1)
+    assert [(r.schedule, r.sft_loss, r.dpo_loss) for r in summary.rows] == [
+        ("alright", 1.5, 0.6), ("mix", 2.0, 0.4), ("sequential", 3.0, 0.5)], "running and failed trials are left out"
+    mix = next(r for r in summary.rows if r.schedule == "mix")
+    assert (mix.gap_sft, mix.gap_dpo) == pytest.approx((1.0, 0.3)) and mix.ideal_distance == pytest.approx(math.hypot(1.0, 0.3))
+    assert mix.runtime_s == 21.0 and mix.trial_id == "mix-lam0.5-seed0"
+    assert [(c.schedule, c.lam) for c in summary.front()] == [("alright", 0.5), ("mix", 0.5)]
+    assert summary.initial_point == (3.0, 0.69) and summary.numerics == {"threads": "1"}
+    # Published on the sweep's run, which ends as told.
+    run = tracker.client.get_run(parent)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["f_star/sft"] == 1.0 and run.data.metrics["f_star/dpo"] == 0.1
+    assert run.data.metrics["hypervolume_reference/sft"] == pytest.approx(1.1 * 3.0)  # the nadir of the main trials and the start
+    assert run.data.tags["hypervolume_reference"].startswith("1.1 × the nadir")
+    assert {"pareto.csv", "pareto.json", "pareto.png"} <= {p.name for p in (tmp_path / "report").iterdir()}
+
+
+def test_f_star_and_the_reference_point_given_by_the_config_win(tmp_path):
+    tracker, parent = sweep(tmp_path, {"trial.train.f_star_sft": "0.5", "trial.train.f_star_dpo": "0.05",
+                                       "sweep.hypervolume_reference": "(5.0, 1.0)"}, TRIALS)
+    summary = rebuild(tracker, tmp_path / "report", finished=False)
+    assert summary.anchors == Anchors(0.5, 0.05)
+    assert summary.reference_point == (5.0, 1.0) and summary.reference_rule == "sweep.hypervolume_reference"
+    assert tracker.client.get_run(parent).info.status == "FAILED"
+
+
+def test_a_sweep_with_no_finished_main_trial_has_no_front(tmp_path):
+    tracker, _ = sweep(tmp_path, {}, {k: v for k, v in TRIALS.items() if v[3] == "anchor"})
+    with pytest.raises(LookupError, match="has no finished trial yet"):
+        rebuild(tracker, tmp_path / "report")
+    empty = Tracker(f"sqlite:///{tmp_path / 'other.db'}", "nothing", str(tmp_path))
+    with pytest.raises(LookupError, match="no sweep run"):
+        rebuild(empty, tmp_path / "report")
