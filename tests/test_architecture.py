@@ -73,3 +73,18 @@ def test_each_schedule_name_and_metric_key_is_spelled_once():
     for key in ("eval/sft_loss", "eval/dpo_loss", "eval/pref_accuracy", "rewards/margin", "time/train_s", "time/eval_s",
                 "time/setup_s", "system/peak_mem_mb", "train/", "updates/", "tokens/", "hypervolume/", "f_star/"):
         assert len(re.findall(rf"[\"']{re.escape(key)}", code)) == 1, key
+
+
+def test_the_readme_layout_names_every_module_and_only_those():
+    readme = (ROOT / "README.md").read_text()
+    layout = readme[readme.index("## Layout"):]
+    layout = layout[: layout.index("```", layout.index("```") + 3)]
+    blocks = re.split(r"(?m)^(?=\S+/ )", layout)
+    for package in PACKAGES:
+        block = next(b for b in blocks if b.startswith(f"{package}/"))
+        named = set(re.findall(r"([a-z_]+\.py)", block))
+        files = {p.name for p in (ROOT / package).glob("*.py")} - {"__init__.py", "__main__.py"}
+        assert named == files, (package, sorted(named - files), sorted(files - named))
+    tests = next(b for b in blocks if b.startswith("tests/"))
+    for sub in ("workers", "orchestrator", "bench", "e2e", "e2e/faults", "support"):
+        assert f"{sub.rsplit('/', 1)[-1]}/" in tests and (ROOT / "tests" / sub).is_dir(), sub

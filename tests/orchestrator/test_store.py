@@ -15,8 +15,14 @@ def traj(*points):
              "time/eval_s": 1.0, "system/peak_mem_mb": 100.0} for s, a, b in points]
 
 
-def sweep(tmp_path, parent_params, trials):
-    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "exp", str(tmp_path))
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One SQLite store for the module (a new one costs seconds of migrations); an experiment per test."""
+    root = tmp_path_factory.mktemp("store")
+    return lambda experiment: Tracker(f"sqlite:///{root / 'mlflow.db'}", experiment, str(root))
+
+
+def sweep(tracker, parent_params, trials):
     parent = tracker.start_parent("exp", {"trial.train.f_star_sft": "None", "trial.train.f_star_dpo": "None",
                                           "sweep.hypervolume_reference": "None", "numerics.threads": "1", **parent_params})
     for label, (schedule, lam, seed, stage, points, status) in trials.items():
@@ -38,8 +44,8 @@ TRIALS = {
 }
 
 
-def test_the_front_of_the_finished_trials_and_f_star_from_their_anchors(tmp_path):
-    tracker, parent = sweep(tmp_path, {}, TRIALS)
+def test_the_front_of_the_finished_trials_and_f_star_from_their_anchors(store, tmp_path):
+    tracker, parent = sweep(store("finished"), {}, TRIALS)
     summary = rebuild(tracker, tmp_path / "report", finished=True)
     # Anchors: SFT's best over its trajectory (1.0 at step 10, not its last 1.2), DPO's 0.1.
     assert summary.anchors == Anchors(1.0, 0.1)
@@ -59,8 +65,8 @@ def test_the_front_of_the_finished_trials_and_f_star_from_their_anchors(tmp_path
     assert {"pareto.csv", "pareto.json", "pareto.png"} <= {p.name for p in (tmp_path / "report").iterdir()}
 
 
-def test_f_star_and_the_reference_point_given_by_the_config_win(tmp_path):
-    tracker, parent = sweep(tmp_path, {"trial.train.f_star_sft": "0.5", "trial.train.f_star_dpo": "0.05",
+def test_f_star_and_the_reference_point_given_by_the_config_win(store, tmp_path):
+    tracker, parent = sweep(store("given"), {"trial.train.f_star_sft": "0.5", "trial.train.f_star_dpo": "0.05",
                                        "sweep.hypervolume_reference": "(5.0, 1.0)"}, TRIALS)
     summary = rebuild(tracker, tmp_path / "report", finished=False)
     assert summary.anchors == Anchors(0.5, 0.05)
@@ -68,10 +74,10 @@ def test_f_star_and_the_reference_point_given_by_the_config_win(tmp_path):
     assert tracker.client.get_run(parent).info.status == "FAILED"
 
 
-def test_a_sweep_with_no_finished_main_trial_has_no_front(tmp_path):
-    tracker, _ = sweep(tmp_path, {}, {k: v for k, v in TRIALS.items() if v[3] == "anchor"})
+def test_a_sweep_with_no_finished_main_trial_has_no_front(store, tmp_path):
+    tracker, _ = sweep(store("anchors-only"), {}, {k: v for k, v in TRIALS.items() if v[3] == "anchor"})
     with pytest.raises(LookupError, match="has no finished trial yet"):
         rebuild(tracker, tmp_path / "report")
-    empty = Tracker(f"sqlite:///{tmp_path / 'other.db'}", "nothing", str(tmp_path))
+    empty = store("nothing")
     with pytest.raises(LookupError, match="no sweep run"):
         rebuild(empty, tmp_path / "report")

@@ -64,6 +64,6 @@ def test_interrupted_sweep_builds_front_from_finished_trials(head, tmp_path):
     assert {i: r.info.end_time for i, r in zip(ids, children) if i in done_before} == done_before
     for r in children:
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "eval/sft_loss")]
-        assert steps == [0, 20, 40], (r.info.run_name, steps)  # nothing logged twice
+        assert sorted(steps) == [0, 20, 40], (r.info.run_name, steps)  # nothing logged twice (a backfilled gap comes later)
     parents = client.search_runs([exp.experiment_id], filter_string="tags.`rightsweep.role` = 'sweep'")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
