@@ -25,7 +25,6 @@ from orchestrator.pareto import Anchors, Summary, finished_anchors, initial_poin
 from orchestrator.redact import redact, redact_text
 from orchestrator.report import format_table, write_artifacts
 from orchestrator import resume as stored
-from orchestrator.resume import SweepState
 from orchestrator.space import Point, sweep_points
 
 log = logging.getLogger("rightsweep.sweep")
@@ -219,7 +218,7 @@ def run_sweep(cfg: ExperimentConfig, resume: bool = False) -> Summary:
 def _run_sweep(cfg: ExperimentConfig, resume: bool) -> Summary:
     hold_lock(cfg)
     sweep_dir = open_sweep_dir(cfg, resume)
-    state = (SweepState.load(sweep_dir) if resume else None) or SweepState()
+    state = (stored.SweepState.load(sweep_dir) if resume else None) or stored.SweepState()
     tracker, uri = start(cfg, state, sweep_dir)
     # One Tune experiment for the whole grid, so trial processes (and their imports) are
     # reused from the anchors to the last trial.
@@ -248,7 +247,7 @@ def open_sweep_dir(cfg: ExperimentConfig, resume: bool) -> Path:
     return sweep_dir
 
 
-def start(cfg: ExperimentConfig, state: SweepState, sweep_dir: Path):
+def start(cfg: ExperimentConfig, state: stored.SweepState, sweep_dir: Path):
     """Ray, the shared inputs and the sweep's MLflow run (a resumed sweep's own again);
     the state saved with them. Returns (tracker, tracking URI)."""
     from orchestrator.tracking import tracking_uri
