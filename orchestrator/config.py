@@ -25,6 +25,10 @@ class Resources(Section):
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)
     max_failures: int = Field(0, ge=0, description="worker restarts per trial (resume from the last checkpoint)")
+    gpu_memory_gb: float | None = Field(
+        None, gt=0, description="memory of one GPU of the worker type, in GB (A10G: 24); a sweep whose trial's memory "
+        "estimate does not fit is refused before it starts"
+    )
     custom: dict[str, float] = Field(
         default_factory=dict, description="custom Ray resources each training process needs, e.g. {trainer_node: 1}"
     )

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from workers.precision import BF16_TRUE, FP16_MIXED, PRECISIONS, TRUE_32
 from workers.schedules import ALRIGHT, MAXRIGHT, SCHEDULES, SEQUENTIAL
 
 EMBEDDED = "embedded"
@@ -21,6 +22,10 @@ LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 SFT_PRESETS = {"alpaca": {"prompt": "instruction", "input": "input", "response": "output"}}
 PREF_PRESETS = {"hh": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}}
 DEFAULT_TEMPLATE = "User: {prompt}\nAssistant: "
+LR_SCHEDULES = ("constant", "linear", "cosine")
+# What the old trial.model.dtype becomes: float16 weights trained without a scaler lose
+# small gradients, so its nearest safe equivalent is 16-mixed.
+_DTYPE_TO_PRECISION = {"float32": TRUE_32, "bfloat16": BF16_TRUE, "float16": FP16_MIXED}
 
 
 class ConfigError(ValueError):
@@ -50,10 +55,16 @@ class ModelSpec(Section):
     name: str = Field(EMBEDDED, description="'embedded' (the tiny offline model), a hub name, or a local path")
     revision: str | None = Field(None, description="hub revision (branch, tag or commit)")
     trust_remote_code: bool = Field(False, description="run model code shipped with a hub repo; off by default")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="float32 on CPU (bf16 is ~8x slower on these CPUs); bfloat16 on GPUs"
-    )
     lora: LoraSpec | None = Field(None, description="train LoRA adapters instead of all weights")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dtype_moved(cls, data):
+        if isinstance(data, dict) and "dtype" in data:
+            raise ValueError(f"trial.model.dtype is gone: the weights' dtype follows trial.train.precision "
+                             f"({', '.join(PRECISIONS)}); for dtype {data['dtype']!r} use "
+                             f"{_DTYPE_TO_PRECISION.get(str(data['dtype']), TRUE_32)!r}")
+        return data
 
 
 class DatasetSpec(Section):
@@ -124,6 +135,17 @@ class TrainSpec(Section):
     total_steps: int = Field(600, gt=0, description="optimizer steps")
     seed: int = 0
     batch_size: int = Field(16, gt=0, description="rows per objective per step per worker")
+    micro_batch_size: int | None = Field(
+        None, gt=0, description="rows per forward/backward; a step's batch is split into micro-batches whose "
+        "gradients accumulate into one update (default: batch_size)"
+    )
+    gradient_checkpointing: bool = Field(False, description="recompute the blocks' activations in backward (less memory)")
+    precision: Literal[PRECISIONS] = Field(
+        TRUE_32, description="32-true (float32; the CPU default), bf16-mixed (autocast, float32 weights and optimizer), "
+        "bf16-true (bfloat16 weights; LoRA adapters float32), 16-mixed (autocast float16 with a gradient scaler)"
+    )
+    lr_schedule: Literal[LR_SCHEDULES] = Field("constant", description="constant, or linear/cosine decay to 0 at total_steps")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up from 0 to lr over the first steps")
     eval_batch_size: int = Field(64, gt=0)
     lr: float = Field(5e-5, gt=0.0)
     betas: tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]] = Field(
@@ -147,10 +169,20 @@ class TrainSpec(Section):
     def _maxright_needs_anchors(self) -> "TrainSpec":
         if self.schedule == MAXRIGHT and (self.f_star_sft is None or self.f_star_dpo is None):
             raise ValueError(f"schedule '{MAXRIGHT}' needs f_star_sft and f_star_dpo (or the sweep's anchor stage)")
+        if self.micro_batch_size is not None and self.micro_batch_size > self.batch_size:
+            raise ValueError(f"micro_batch_size {self.micro_batch_size} is larger than batch_size {self.batch_size} "
+                             f"(allowed: 1 to {self.batch_size})")
+        if self.warmup_steps > self.total_steps:
+            raise ValueError(f"warmup_steps {self.warmup_steps} is past total_steps {self.total_steps} "
+                             "(allowed: 0 to total_steps)")
         if self.sequential_switch_step is not None and self.sequential_switch_step > self.total_steps:
             raise ValueError(f"sequential_switch_step {self.sequential_switch_step} is past total_steps {self.total_steps} "
                              "(allowed: 0 to total_steps)")
         return self
+
+    @property
+    def micro_batch(self) -> int:
+        return self.micro_batch_size or self.batch_size
 
     def schedule_options(self) -> dict:
         if self.schedule == SEQUENTIAL:
