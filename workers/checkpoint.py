@@ -40,20 +40,22 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def save_checkpoint(d: str | Path, model, optimizer: torch.optim.Optimizer, schedule: Schedule, streams: dict,
-                    progress: Progress) -> None:
+                    progress: Progress, stateful: dict | None = None) -> None:
     """Rank 0's share of a checkpoint: weights, optimizer, and progress with the schedule's
-    and the data streams' positions (``state.json``)."""
+    and the data streams' positions (``state.json``). ``stateful``: more objects with a
+    JSON-able ``state_dict`` (the LR scheduler, the gradient scaler), saved by name."""
     d = Path(d)
     unwrap(model).save_pretrained(d / "model", safe_serialization=True)
     torch.save(optimizer.state_dict(), d / "optimizer.pt")
-    state = {**asdict(progress), "schedule": schedule.state_dict(), "streams": {k: v.state_dict() for k, v in streams.items()}}
+    state = {**asdict(progress), "schedule": schedule.state_dict(), "streams": {k: v.state_dict() for k, v in streams.items()},
+             **{k: v.state_dict() for k, v in (stateful or {}).items()}}
     (d / "state.json").write_text(json.dumps(state))
 
 
 def load_checkpoint(d: str | Path, optimizer: torch.optim.Optimizer, schedule: Schedule, streams: dict, rank: int = 0,
-                    device: torch.device = torch.device("cpu")) -> Progress:
-    """Restore optimizer, this rank's RNG, schedule and data positions (the weights were
-    loaded with the model); returns the progress saved with them."""
+                    device: torch.device = torch.device("cpu"), stateful: dict | None = None) -> Progress:
+    """Restore optimizer, this rank's RNG, schedule, data positions and ``stateful`` (the
+    weights were loaded with the model); returns the progress saved with them."""
     d = Path(d)
     optimizer.load_state_dict(torch.load(d / "optimizer.pt", weights_only=True))
     load_rng(d, rank, device)
@@ -61,6 +63,8 @@ def load_checkpoint(d: str | Path, optimizer: torch.optim.Optimizer, schedule: S
     schedule.load_state_dict(state["schedule"])
     for k, stream in streams.items():
         stream.load_state_dict(state["streams"][k])
+    for k, obj in (stateful or {}).items():
+        obj.load_state_dict(state[k])
     return Progress.from_state(state)
 
 
@@ -74,7 +78,7 @@ def checkpoint_problem(d: str | Path, rank: int = 0) -> str | None:
     d = Path(d)
     try:
         state = json.loads((d / "state.json").read_text())
-        int(state["step"]), state["schedule"], state["streams"]
+        int(state["step"]), state["schedule"], state["streams"], state["lr_scheduler"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         return f"state.json: {type(e).__name__}: {e}"[:300]
     model = d / "model"

@@ -303,6 +303,26 @@ def collate_pairs(rows: dict[str, list], pad_id: int) -> dict[str, torch.Tensor]
     return batch
 
 
+def micro_batches(batch: dict[str, torch.Tensor], size: int, pairs: bool) -> list[dict[str, torch.Tensor]]:
+    """A collated batch cut into micro-batches of ``size`` rows (``size`` pairs of a pair
+    batch: its chosen and rejected rows stay together), each trimmed to its own longest
+    row: right padding past it would only cost compute. One piece when it all fits."""
+    rows = len(batch["ref_chosen"]) if pairs else len(batch["input_ids"])
+    if size >= rows:
+        return [batch]
+    pieces = []
+    for start in range(0, rows, size):
+        stop = min(start + size, rows)
+        index = torch.cat([torch.arange(start, stop), torch.arange(rows + start, rows + stop)]) if pairs else slice(start, stop)
+        piece = {k: batch[k][index] for k in ("input_ids", "attention_mask", "loss_mask")}
+        length = int(piece["attention_mask"].sum(1).max())
+        piece = {k: v[:, :length] for k, v in piece.items()}
+        if pairs:
+            piece.update(ref_chosen=batch["ref_chosen"][start:stop], ref_rejected=batch["ref_rejected"][start:stop])
+        pieces.append(piece)
+    return pieces
+
+
 class BatchStream:
     """An endless, resumable stream of one rank's training batches.
 

@@ -39,7 +39,8 @@ def load_inputs(cfg: TrialConfig, device: torch.device) -> Inputs:
     the same inputs: the last ones are kept, so only the first trial pays for them.
     Nothing downstream mutates them (batches are collated copies)."""
     global _last
-    key = json.dumps([cfg.model.model_dump(), cfg.data.model_dump(), cfg.cache_dir, str(device)], sort_keys=True)
+    key = json.dumps([cfg.model.model_dump(), cfg.data.model_dump(), cfg.train.precision, cfg.cache_dir, str(device)],
+                     sort_keys=True)
     if _last is None or _last[0] != key:
         _last = (key, _read(cfg, device))
     return _last[1]
@@ -55,7 +56,7 @@ def _read(cfg: TrialConfig, device: torch.device) -> Inputs:
 def numerics(cfg: TrialConfig, device: torch.device) -> dict[str, str]:
     """What a trial's numbers depend on besides its config: recorded with every sweep."""
     return {"base_weights": weights_identity(cfg.model, cfg.cache_dir), "torch": torch.__version__,
-            "threads": str(cfg.threads), "device": device.type, "dtype": cfg.model.dtype,
+            "threads": str(cfg.threads), "device": device.type, "precision": cfg.train.precision,
             "optimizer": f"torch.optim.AdamW(fused={fused_optimizer(device)})"}
 
 

@@ -21,13 +21,14 @@ import torch
 
 from workers import metrics
 from workers.checkpoint import Progress, checkpoint_problem, load_checkpoint, save_checkpoint, save_final, save_rng, unwrap
-from workers.config import TrialConfig
-from workers.data import BatchStream, TokenTable, collate_pairs, collate_sft, eval_batches
+from workers.config import TrainSpec, TrialConfig
+from workers.data import BatchStream, TokenTable, collate_pairs, collate_sft, eval_batches, micro_batches
+from workers.forward import batch_logps, pair_logps
 from workers.inputs import load_inputs
-from workers.losses import dpo_loss, sequence_logps, sft_loss, shift_for_causal_lm
+from workers.losses import dpo_loss
 from workers.metrics import OBJECTIVES
-from workers.model import load_policy, make_optimizer
-from workers.reference import policy_pair_logps
+from workers.model import load_policy, make_lr_scheduler, make_optimizer
+from workers.precision import autocast, grad_scaler, weights_dtype
 from workers.schedules import Plan, Schedule, make_schedule
 from workers.session import Session, all_gather_int, all_reduce_, distributed, scratch_dir
 
@@ -49,12 +50,19 @@ def train_loop_per_worker(config: dict) -> None:
 class Setup:
     model: torch.nn.Module  # DDP-wrapped across several workers
     optimizer: torch.optim.Optimizer
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler  # a no-op but under 16-mixed
     schedule: Schedule
     streams: dict[str, BatchStream]  # objective -> this rank's training batches
     sft_eval: TokenTable
     pref_eval: TokenTable  # with reference log-probs
     pad_id: int
     tokenizer: "PreTrainedTokenizerBase"
+
+    @property
+    def stateful(self) -> dict:
+        """What a checkpoint saves besides weights, optimizer, schedule and streams."""
+        return {"lr_scheduler": self.lr_scheduler, "scaler": self.scaler}
 
 
 class Window:
@@ -102,8 +110,8 @@ def fit(cfg: TrialConfig, session: Session) -> list[dict]:
             raise RuntimeError(f"checkpoint {resume_dir} is damaged ({problem}); delete that folder to resume from the "
                                "checkpoint before it, or rerun the trial from the start")
         s = setup(cfg, session, resume_dir)
-        progress = (load_checkpoint(resume_dir, s.optimizer, s.schedule, s.streams, session.rank, session.device)
-                    if resume_dir else Progress())
+        progress = (load_checkpoint(resume_dir, s.optimizer, s.schedule, s.streams, session.rank, session.device,
+                                    s.stateful) if resume_dir else Progress())
     progress.setup_seconds = time.perf_counter() - started
     if resume_dir:
         log.info("rank %d resumed at step %d", session.rank, progress.step)
@@ -144,11 +152,15 @@ def setup(cfg: TrialConfig, session: Session, resume_dir: str | None) -> Setup:
         inputs = load_inputs(cfg, session.device)
     pad_id = inputs.tokenizer.pad_token_id
 
-    model = load_policy(cfg.model, cfg.cache_dir, session.device, resume_dir=resume_dir)
+    model = load_policy(cfg.model, cfg.cache_dir, session.device, resume_dir=resume_dir, dtype=weights_dtype(t.precision))
+    if t.gradient_checkpointing:
+        # Non-reentrant: works with frozen inputs (LoRA's base) and with DDP's hooks.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     model = session.prepare_model(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, t, session.device)
+    lr_scheduler = make_lr_scheduler(optimizer, t)
     torch.manual_seed(rank_seed(t.seed, session.rank))
     # The schedule's own RNG (ALRIGHT's draws) is seeded by t.seed alone: the same on every rank.
     schedule = make_schedule(t.schedule, t.lam, t.total_steps, seed=t.seed, **t.schedule_options())
@@ -158,42 +170,69 @@ def setup(cfg: TrialConfig, session: Session, resume_dir: str | None) -> Setup:
         # A different seed stream for pairs so the two orders are not correlated.
         "dpo": BatchStream(inputs.pref_train, t.batch_size, t.seed + 1, lambda r: collate_pairs(r, pad_id), rank, world),
     }
-    return Setup(model, optimizer, schedule, streams, inputs.sft_eval, inputs.pref_eval, pad_id, inputs.tokenizer)
+    return Setup(model, optimizer, lr_scheduler, grad_scaler(t.precision, session.device), schedule, streams,
+                 inputs.sft_eval, inputs.pref_eval, pad_id, inputs.tokenizer)
 
 
-def objective_loss(name: str, model, batch: dict, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, response tokens) of one objective on one batch."""
+def objective_loss(name: str, model, batch: dict, beta: float) -> torch.Tensor:
+    """The objective summed over one (micro-)batch: NLL of its response tokens (SFT) or
+    DPO loss of its pairs; the caller divides by the whole step's tokens or pairs."""
     if name == "sft":
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        shifted = shift_for_causal_lm(logits, batch["input_ids"], batch["loss_mask"])
-        return sft_loss(*shifted), shifted[2].sum()
-    chosen, rejected = policy_pair_logps(model, batch)
-    losses, _, _ = dpo_loss(chosen, rejected, batch["ref_chosen"], batch["ref_rejected"], beta)
-    return losses.mean(), batch["loss_mask"][:, 1:].sum()
+        return -batch_logps(model, batch)[0].sum()
+    chosen, rejected = pair_logps(model, batch)
+    return dpo_loss(chosen, rejected, batch["ref_chosen"], batch["ref_rejected"], beta)[0].sum()
 
 
-def train_step(s: Setup, cfg: TrialConfig, step: int, device) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def step_size(name: str, batch: dict) -> int:
+    """What the step's loss is a mean over: response tokens (a token mean, so micro-batches
+    weigh by their tokens, not their count) or pairs. Counted on the host batch: no sync."""
+    return int(batch["loss_mask"][:, 1:].sum()) if name == "sft" else len(batch["ref_chosen"])
+
+
+def objective_pass(name: str, model, batch: dict, t: TrainSpec, device, backward=None) -> tuple[torch.Tensor, int]:
+    """(the objective's mean loss on one step's batch, its response tokens), a micro-batch
+    at a time. With ``backward``, each micro-batch's share of the mean is handed to it as
+    soon as it is computed, so one micro-batch's graph is alive at a time and the
+    accumulated gradient is that of the whole batch's mean."""
+    size, tokens = step_size(name, batch), int(batch["loss_mask"][:, 1:].sum())
+    pieces = micro_batches(batch, t.micro_batch, pairs=name == "dpo")
+    total = torch.zeros((), device=device)
+    for i, piece in enumerate(pieces):
+        with autocast(t.precision, device):
+            share = objective_loss(name, model, to_device(piece, device), t.beta) / size
+        if backward is not None:
+            backward(share, last=i == len(pieces) - 1)
+        total += share.detach()
+    return total, tokens
+
+
+def train_step(s: Setup, cfg: TrialConfig, step: int, device) -> dict[str, tuple[torch.Tensor, int]]:
     """One optimizer step as the schedule plans it; returns {objective: (loss, tokens)}."""
-    beta = cfg.train.beta
+    t = cfg.train
     if s.schedule.wants_scores(step):
-        refresh_scores(s, beta, device)
+        refresh_scores(s, t, device)
     plan: Plan = s.schedule.plan(step)
     weights = {"sft": plan.sft_weight, "dpo": plan.dpo_weight}
     active = [k for k in OBJECTIVES if weights[k] > 0]
     out = {}
     for i, name in enumerate(active):
-        batch = to_device(s.streams[name].next(), device)
-        # Mix: two backward passes, one graph alive at a time (half the peak activation
-        # memory of one backward of the sum, same gradient). Under DDP only the last
-        # backward may all-reduce, or the first objective's gradient is reduced twice.
-        last = i == len(active) - 1
-        sync = contextlib.nullcontext() if last or not distributed() else s.model.no_sync()
-        with sync:
-            loss, tokens = objective_loss(name, s.model, batch, beta)
-            (weights[name] * loss).backward()
-        out[name] = (loss.detach(), tokens)
-    torch.nn.utils.clip_grad_norm_(s.model.parameters(), cfg.train.max_grad_norm)
-    s.optimizer.step()
+        # Mix: one backward pass per objective (and per micro-batch), one graph alive at a
+        # time (half the peak activation memory of one backward of the sum, same
+        # gradient). Under DDP only the very last backward of the step may all-reduce, or
+        # the gradient accumulated before it is reduced twice.
+        last_objective = i == len(active) - 1
+
+        def backward(share: torch.Tensor, last: bool, weight=weights[name]) -> None:
+            sync = contextlib.nullcontext() if (last and last_objective) or not distributed() else s.model.no_sync()
+            with sync:
+                s.scaler.scale(weight * share).backward()
+
+        out[name] = objective_pass(name, s.model, s.streams[name].next(), t, device, backward)
+    s.scaler.unscale_(s.optimizer)  # clip the true gradient, not the scaled one (16-mixed)
+    torch.nn.utils.clip_grad_norm_(s.model.parameters(), t.max_grad_norm)
+    s.scaler.step(s.optimizer)  # skipped (16-mixed) when the scaled gradient overflowed
+    s.scaler.update()
+    s.lr_scheduler.step()
     s.optimizer.zero_grad(set_to_none=True)
     if s.schedule.observes:
         # The stepped objective's score comes from the loss just computed (mean over ranks,
@@ -203,11 +242,11 @@ def train_step(s: Setup, cfg: TrialConfig, step: int, device) -> dict[str, tuple
 
 
 @torch.no_grad()
-def refresh_scores(s: Setup, beta: float, device) -> None:
+def refresh_scores(s: Setup, t: TrainSpec, device) -> None:
     """MAXRIGHT's periodic re-evaluation: both losses on the batches each objective would
     use next (peeked, not consumed), averaged over ranks."""
     model = unwrap(s.model)
-    scores = {k: mean_over_ranks(objective_loss(k, model, to_device(s.streams[k].peek(), device), beta)[0]) for k in OBJECTIVES}
+    scores = {k: mean_over_ranks(objective_pass(k, model, s.streams[k].peek(), t, device)[0]) for k in OBJECTIVES}
     s.schedule.observe(**scores)
 
 
@@ -226,28 +265,29 @@ def record_step(progress: Progress, losses: dict, window: Window) -> None:
     progress.decisions += "M" if len(losses) == 2 else ("S" if "sft" in losses else "D")
     for name, (loss, tokens) in losses.items():
         progress.updates[name] += 1
-        progress.tokens[name] += tokens  # a tensor until the next report
+        progress.tokens[name] += tokens
         window.add(progress.step, name, loss)
 
 
 @torch.no_grad()
-def evaluate(s: Setup, beta: float, device, batch_size: int, rank: int, world: int) -> dict[str, float]:
+def evaluate(s: Setup, t: TrainSpec, device, rank: int, world: int) -> dict[str, float]:
     """Held-out losses and preference accuracy; each rank takes a share, sums are all-reduced."""
     model = unwrap(s.model)
     was_training = model.training
     model.eval()
     # nll sum, response tokens, dpo loss sum, pairs, correct pairs, reward margin sum
     sums = torch.zeros(6, dtype=torch.float64, device=device)
-    for batch in eval_batches(s.sft_eval, batch_size, lambda r: collate_sft(r, s.pad_id), rank, world):
+    for batch in eval_batches(s.sft_eval, t.eval_batch_size, lambda r: collate_sft(r, s.pad_id), rank, world):
         batch = to_device(batch, device)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        shifted = shift_for_causal_lm(logits, batch["input_ids"], batch["loss_mask"])
-        sums[0] -= sequence_logps(*shifted).sum().double()
-        sums[1] += shifted[2].sum()
-    for batch in eval_batches(s.pref_eval, batch_size, lambda r: collate_pairs(r, s.pad_id), rank, world):
+        with autocast(t.precision, device):
+            logps, tokens = batch_logps(model, batch)
+        sums[0] -= logps.sum().double()
+        sums[1] += tokens.sum()
+    for batch in eval_batches(s.pref_eval, t.eval_batch_size, lambda r: collate_pairs(r, s.pad_id), rank, world):
         batch = to_device(batch, device)
-        chosen, rejected = policy_pair_logps(model, batch)
-        losses, cr, rr = dpo_loss(chosen, rejected, batch["ref_chosen"], batch["ref_rejected"], beta)
+        with autocast(t.precision, device):
+            chosen, rejected = pair_logps(model, batch)
+        losses, cr, rr = dpo_loss(chosen, rejected, batch["ref_chosen"], batch["ref_rejected"], t.beta)
         sums[2] += losses.sum().double()
         sums[3] += len(losses)
         sums[4] += (cr > rr).sum()
@@ -271,7 +311,7 @@ def report(session: Session, s: Setup, cfg: TrialConfig, progress: Progress, che
         raise_if_diverged(window, cfg.train.lr)
     started = time.perf_counter()
     point = {metrics.STEP: progress.step}
-    point.update(evaluate(s, cfg.train.beta, session.device, cfg.train.eval_batch_size, session.rank, session.world_size))
+    point.update(evaluate(s, cfg.train, session.device, session.rank, session.world_size))
     check_same_decisions(progress, session)
     if window is not None:
         point.update(window.means())
@@ -313,7 +353,6 @@ def check_same_decisions(progress: Progress, session: Session) -> None:
 def counters(progress: Progress) -> dict[str, int]:
     out = {}
     for name in OBJECTIVES:
-        progress.tokens[name] = int(progress.tokens[name])  # the step's tensors: one sync, here
         out[metrics.updates(name)] = progress.updates[name]
         out[metrics.tokens(name)] = progress.tokens[name]
     return out
@@ -330,7 +369,7 @@ def report_with_checkpoint(session: Session, s: Setup, progress: Progress, point
         # the ranks' checkpoint folders into one).
         save_rng(d, session.rank, session.device)
         if session.rank == 0:
-            save_checkpoint(d, s.model, s.optimizer, s.schedule, s.streams, progress)
+            save_checkpoint(d, s.model, s.optimizer, s.schedule, s.streams, progress, s.stateful)
         session.report(point, checkpoint_dir=d)
 
 

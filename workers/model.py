@@ -12,9 +12,6 @@ import torch
 from workers.config import EMBEDDED, ConfigError, ModelSpec, TrainSpec
 from workers.embedded import ensure_embedded
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
 def model_path(spec: ModelSpec, cache_dir: str) -> str:
     if spec.name == EMBEDDED:
         return str(ensure_embedded(cache_dir) / "base")
@@ -43,10 +40,12 @@ def load_tokenizer(spec: ModelSpec, cache_dir: str):
     return tok
 
 
-def load_policy(spec: ModelSpec, cache_dir: str, device: torch.device, resume_dir: str | None = None, lora: bool = True):
-    """The model to train: the base weights plus fresh LoRA adapters when asked, or the
-    weights saved in a checkpoint's ``model/`` folder when resuming. ``lora=False`` gives
-    the bare base (the DPO reference)."""
+def load_policy(spec: ModelSpec, cache_dir: str, device: torch.device, resume_dir: str | None = None, lora: bool = True,
+                dtype: torch.dtype = torch.float32):
+    """The model to train: the base weights (in ``dtype``) plus fresh LoRA adapters when
+    asked, or the weights saved in a checkpoint's ``model/`` folder when resuming.
+    ``lora=False`` gives the bare base (the DPO reference). peft keeps the adapters in
+    float32 whatever the base's dtype."""
     from transformers import AutoModelForCausalLM
 
     name = model_path(spec, cache_dir)
@@ -57,7 +56,7 @@ def load_policy(spec: ModelSpec, cache_dir: str, device: torch.device, resume_di
             name,
             revision=spec.revision,
             trust_remote_code=spec.trust_remote_code,
-            dtype=DTYPES[spec.dtype],
+            dtype=dtype,
             use_safetensors=True,
         )
     except OSError as e:
@@ -93,6 +92,15 @@ def make_optimizer(params, t: TrainSpec, device: torch.device) -> torch.optim.Op
     """AdamW with the fused kernel where torch has one: one kernel for every tensor instead
     of several per tensor, which at small model sizes was about 1 ms of a 15 ms step."""
     return torch.optim.AdamW(params, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay, fused=fused_optimizer(device))
+
+
+def make_lr_scheduler(optimizer: torch.optim.Optimizer, t: TrainSpec) -> torch.optim.lr_scheduler.LRScheduler:
+    """Linear warm-up over ``warmup_steps``, then constant, or a linear or cosine decay to 0
+    at ``total_steps``; stepped once per optimizer step and checkpointed with it."""
+    from transformers import get_scheduler
+
+    name = "constant_with_warmup" if t.lr_schedule == "constant" else t.lr_schedule
+    return get_scheduler(name, optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=t.total_steps)
 
 
 def weights_identity(spec: ModelSpec, cache_dir: str) -> str:

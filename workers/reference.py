@@ -3,7 +3,7 @@
 The DPO reference is fixed for the whole run, so its sequence log-probs on every pair
 are a constant table: precomputing them means no trial holds a second model or runs a
 reference forward per step. The cache key covers everything the numbers depend on —
-the weights (or hub name and commit), the numerics (dtype, device, threads, torch
+the weights (or hub name and commit), the numerics (precision, device, threads, torch
 version) and the token ids themselves, which already encode tokenizer, dataset, template
 and max_len.
 """
@@ -25,7 +25,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from workers.data import collate_pairs, eval_batches
-from workers.losses import sequence_logps, shift_for_causal_lm
+from workers.forward import pair_logps
+from workers.precision import autocast, weights_dtype
 
 log = logging.getLogger("rightsweep.reference")
 
@@ -40,15 +41,10 @@ def pairs_fingerprint(weights_id: str, *datasets) -> str:
     return h.hexdigest()[:20]
 
 
-def policy_pair_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sequence log-probs of the chosen and rejected halves of a collated pair batch."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    logps = sequence_logps(*shift_for_causal_lm(logits, batch["input_ids"], batch["loss_mask"]))
-    return logps.chunk(2)
-
-
 @torch.no_grad()
-def compute_reference(model, dataset, batch_size: int, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def compute_reference(model, dataset, batch_size: int, pad_id: int, device, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The base's log-probs as the policy computes its own (same precision): at step 0 the
+    DPO margin is then exactly 0 and the loss log 2."""
     # With LoRA the reference is the base: adapters off. (Freshly initialised adapters are a
     # no-op anyway, but a resumed or pre-trained adapter is not.)
     disable = getattr(model, "disable_adapter", None)
@@ -58,7 +54,8 @@ def compute_reference(model, dataset, batch_size: int, pad_id: int, device) -> t
     chosen, rejected = [], []
     with ctx:
         for batch in eval_batches(dataset, batch_size, lambda rows: collate_pairs(rows, pad_id)):
-            c, r = policy_pair_logps(model, {k: v.to(device) for k, v in batch.items()})
+            with autocast(precision, device):
+                c, r = pair_logps(model, {k: v.to(device) for k, v in batch.items()})
             chosen.append(c.float().cpu())
             rejected.append(r.float().cpu())
     model.train(was_training)
@@ -120,7 +117,8 @@ def ensure_reference(cfg, tokenizer, pref_train, pref_eval, device):
     from workers.model import load_policy, weights_identity
 
     # bf16 and float32 log-probs differ by far more than noise; threads and torch's kernels by bits.
-    weights_id = (f"{weights_identity(cfg.model, cfg.cache_dir)}|{cfg.model.dtype}|{torch.device(device).type}"
+    precision = cfg.train.precision
+    weights_id = (f"{weights_identity(cfg.model, cfg.cache_dir)}|{precision}|{torch.device(device).type}"
                   f"|threads={cfg.threads}|torch={torch.__version__}")
     base = None
 
@@ -128,8 +126,8 @@ def ensure_reference(cfg, tokenizer, pref_train, pref_eval, device):
         def run():
             nonlocal base
             if base is None:
-                base = load_policy(cfg.model, cfg.cache_dir, device, lora=False)
-            return compute_reference(base, ds, cfg.train.eval_batch_size, tokenizer.pad_token_id, device)
+                base = load_policy(cfg.model, cfg.cache_dir, device, lora=False, dtype=weights_dtype(precision))
+            return compute_reference(base, ds, cfg.train.eval_batch_size, tokenizer.pad_token_id, device, precision)
 
         return run
 
