@@ -169,7 +169,7 @@ def test_the_embedded_base_is_built_at_a_fixed_thread_count(tmp_path):
     assert built[0] == built[1]
 
 
-def test_reference_cache_is_keyed_by_dtype(cache_dir, tokenizer):
+def test_reference_cache_is_keyed_by_precision(cache_dir, tokenizer):
     """float32 and bfloat16 runs on one storage shared reference log-probs."""
     from workers.data import TokenTable
 
@@ -177,7 +177,7 @@ def test_reference_cache_is_keyed_by_dtype(cache_dir, tokenizer):
     _, _, pref_train, pref_eval = load_tokenized(cfg.data, tokenizer, cache_dir)
     small = [TokenTable({k: col[:16] for k, col in ds.columns.items()}) for ds in (pref_train, pref_eval)]
     (f32, _), _ = ensure_reference(cfg, tokenizer, *small, torch.device("cpu"))
-    bf16 = cfg.model_copy(update={"model": cfg.model.model_copy(update={"dtype": "bfloat16"})})
+    bf16 = cfg.model_copy(update={"train": cfg.train.model_copy(update={"precision": "bf16-true"})})
     (b16, _), computed = ensure_reference(bf16, tokenizer, *small, torch.device("cpu"))
     assert computed, "a bfloat16 run must not read float32 log-probs"
     assert b16[0].dtype == torch.float32 and not torch.equal(f32[0], b16[0])
