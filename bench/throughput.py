@@ -1,5 +1,6 @@
-"""§2, per-step figures: the loop inside a ``TorchTrainer`` worker against a bare PyTorch
-loop, and a DPO step with cached reference log-probs against one with a live reference.
+"""§2, per-step figures: the loop (in-process, and inside a ``TorchTrainer`` worker) against
+a bare PyTorch loop, and a DPO step with cached reference log-probs against one with a
+live reference.
 
     python -m bench.throughput
 """
@@ -25,14 +26,28 @@ def _trial(raw: dict):
     return TrialConfig.model_validate(raw)
 
 
+def bare_loss(name: str, model, batch: dict, beta: float):
+    """What a hand-written loop computes: the model's full logits, log-softmax, gather."""
+    import torch
+    import torch.nn.functional as F
+
+    ids, mask = batch["input_ids"], batch["loss_mask"][:, 1:]
+    logits = model(input_ids=ids, attention_mask=batch["attention_mask"]).logits[:, :-1]
+    logps = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    seq = (logps * mask).sum(-1)
+    if name == "sft":
+        return -seq.sum() / mask.sum()
+    chosen, rejected = seq.chunk(2)
+    return -F.logsigmoid(beta * ((chosen - rejected) - (batch["ref_chosen"] - batch["ref_rejected"]))).mean()
+
+
 def _bare_loop(raw: dict, decisions: str, threads: int) -> dict:
-    """The same model, batches, losses and objective per step as the trial, with nothing
-    around them but backward, clip and AdamW: what a hand-written loop would cost."""
+    """The same model, batches and objective per step as the trial, with nothing around
+    them but the loss, backward, clip and AdamW: what a hand-written loop would cost."""
     import torch
 
     from workers.data import BatchStream, collate_pairs, collate_sft
     from workers.inputs import load_inputs
-    from workers.loop import objective_loss
     from workers.model import load_policy, make_optimizer
 
     torch.set_num_threads(threads)
@@ -50,13 +65,39 @@ def _bare_loop(raw: dict, decisions: str, threads: int) -> dict:
     started = time.perf_counter()
     for d in decisions:
         name, stream = ("sft", sft) if d == "S" else ("dpo", dpo)
-        loss, _ = objective_loss(name, model, stream.next(), t.beta)
-        loss.backward()
+        bare_loss(name, model, stream.next(), t.beta).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), t.max_grad_norm)
         opt.step()
         opt.zero_grad(set_to_none=True)
     seconds = time.perf_counter() - started
     return {"steps_per_s": len(decisions) / seconds, "seconds": seconds, "threads": torch.get_num_threads()}
+
+
+def _loop_in_process(raw: dict) -> dict:
+    from workers.config import TrialConfig
+    from workers.loop import fit
+    from workers.session import LocalSession
+
+    cfg = TrialConfig.model_validate(raw)
+    last = fit(cfg, LocalSession())[-1]
+    return {"steps_per_s": last[metrics.STEP] / last[metrics.TRAIN_S], "seconds": last[metrics.TRAIN_S]}
+
+
+def loop_vs_bare_dpo() -> dict:
+    """DPO-only (sequential, λ = 1) at micro_batch_size = batch_size: the loop's optimizer
+    steps/s in a plain process against the bare loop's on the same model and batches,
+    each in a fresh process, alternated ``REPS`` times."""
+    from workers.schedules import SEQUENTIAL
+
+    raw = trial_config(schedule=SEQUENTIAL, lam=1.0, total_steps=STEPS, eval_every=STEPS)
+    threads = raw["threads"]
+    loop, bare = [], []
+    for rep in range(REPS):
+        bare.append(run_isolated(_bare_loop, raw, "D" * STEPS, threads))
+        loop.append(run_isolated(_loop_in_process, raw))
+        print(f"  rep {rep}: bare {bare[-1]['steps_per_s']:.1f}, loop {loop[-1]['steps_per_s']:.1f} DPO steps/s", flush=True)
+    ratio = statistics.mean(r["steps_per_s"] for r in loop) / statistics.mean(r["steps_per_s"] for r in bare)
+    return {"steps": STEPS, "threads": threads, "loop": loop, "bare": bare, "ratio": ratio}
 
 
 def _decisions(raw: dict) -> str:
@@ -111,7 +152,7 @@ def _dpo_steps(raw: dict, blocks: int, steps: int) -> dict:
     from workers.inputs import load_inputs
     from workers.losses import dpo_loss
     from workers.model import load_policy, make_optimizer
-    from workers.reference import policy_pair_logps
+    from workers.forward import pair_logps
 
     cfg = _trial(raw)
     t = cfg.train
@@ -132,11 +173,11 @@ def _dpo_steps(raw: dict, blocks: int, steps: int) -> dict:
             t1 = time.perf_counter()
             if live:
                 with torch.no_grad():
-                    ref_c, ref_r = policy_pair_logps(reference, b)
+                    ref_c, ref_r = pair_logps(reference, b)
             else:
                 ref_c, ref_r = b["ref_chosen"], b["ref_rejected"]
             t2 = time.perf_counter()
-            c, r = policy_pair_logps(model, b)
+            c, r = pair_logps(model, b)
             loss = dpo_loss(c, r, ref_c, ref_r, t.beta)[0].mean()
             t3 = time.perf_counter()
             loss.backward()
@@ -172,13 +213,17 @@ def cached_vs_live_reference() -> dict:
 def main() -> None:
     quiet_offline()
     prepare_cache()
+    print("loop vs bare loop, DPO steps ...", flush=True)
+    dpo = loop_vs_bare_dpo()
+    print(f"  ratio {dpo['ratio']:.3f}", flush=True)
     print("TorchTrainer worker vs bare loop ...", flush=True)
     tvb = trainer_vs_bare()
     print(f"  ratio {tvb['ratio']:.3f}", flush=True)
     print("DPO step, cached vs live reference ...", flush=True)
     ref = cached_vs_live_reference()
     print(f"  ratio {ref['ratio']:.3f}", flush=True)
-    write_result("throughput", {"trainer_vs_bare": tvb, "cached_vs_live_reference": ref}, "python -m bench.throughput")
+    write_result("throughput", {"loop_vs_bare_dpo": dpo, "trainer_vs_bare": tvb, "cached_vs_live_reference": ref},
+                 "python -m bench.throughput")
 
 
 if __name__ == "__main__":

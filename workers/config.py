@@ -61,7 +61,7 @@ class ModelSpec(Section):
     @classmethod
     def _dtype_moved(cls, data):
         if isinstance(data, dict) and "dtype" in data:
-            raise ValueError(f"trial.model.dtype is gone: the weights' dtype follows trial.train.precision "
+            raise ValueError(f"dtype is gone: the weights' dtype follows trial.train.precision "
                              f"({', '.join(PRECISIONS)}); for dtype {data['dtype']!r} use "
                              f"{_DTYPE_TO_PRECISION.get(str(data['dtype']), TRUE_32)!r}")
         return data

@@ -228,17 +228,21 @@ def train_step(s: Setup, cfg: TrialConfig, step: int, device) -> dict[str, tuple
                 s.scaler.scale(weight * share).backward()
 
         out[name] = objective_pass(name, s.model, s.streams[name].next(), t, device, backward)
-    s.scaler.unscale_(s.optimizer)  # clip the true gradient, not the scaled one (16-mixed)
-    torch.nn.utils.clip_grad_norm_(s.model.parameters(), t.max_grad_norm)
-    s.scaler.step(s.optimizer)  # skipped (16-mixed) when the scaled gradient overflowed
-    s.scaler.update()
-    s.lr_scheduler.step()
-    s.optimizer.zero_grad(set_to_none=True)
+    optimizer_step(s.model, s.optimizer, s.scaler, s.lr_scheduler, t.max_grad_norm)
     if s.schedule.observes:
         # The stepped objective's score comes from the loss just computed (mean over ranks,
         # so every rank's schedule sees the same number).
         s.schedule.observe(**{k: mean_over_ranks(v[0]) for k, v in out.items()})
     return out
+
+
+def optimizer_step(model, optimizer, scaler: torch.amp.GradScaler, lr_scheduler, max_grad_norm: float) -> None:
+    scaler.unscale_(optimizer)  # clip the true gradient, not the scaled one (16-mixed)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    scaler.step(optimizer)  # skipped (16-mixed) when the scaled gradient overflowed
+    scaler.update()
+    lr_scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 @torch.no_grad()

@@ -81,6 +81,17 @@ CONFIG_FAULTS = {
     "AdamW betas above 1": (["--set", "trial.train.betas=[1.5, 0.9]"], "trial.train.betas.0: Input should be less than 1"),
     "a preset of the other kind": (["--set", "trial.data.sft.preset=hh"], "trial.data.sft.preset: 'hh' is not for sft data; allowed: alpaca, custom"),
     "an unknown column role": (["--set", "trial.data.pref.columns={answer: out}"], "trial.data.pref.columns: unknown roles ['answer']"),
+    "a micro-batch larger than the batch": (["--set", "trial.train.micro_batch_size=9"],
+                                            "trial.train: micro_batch_size 9 is larger than batch_size 8 (allowed: 1 to 8)"),
+    "an unknown precision": (["--set", "trial.train.precision=fp16"],
+                             "trial.train.precision: got 'fp16'; input should be '32-true', 'bf16-mixed', 'bf16-true' or '16-mixed'"),
+    "the old trial.model.dtype": (["--set", "trial.model.dtype=bfloat16"],
+                                  "trial.model: dtype is gone: the weights' dtype follows trial.train.precision (32-true, "
+                                  "bf16-mixed, bf16-true, 16-mixed); for dtype 'bfloat16' use 'bf16-true'"),
+    "warm-up past the end": (["--set", "trial.train.warmup_steps=41"],
+                             "trial.train: warmup_steps 41 is past total_steps 40 (allowed: 0 to total_steps)"),
+    "an unknown LR schedule": (["--set", "trial.train.lr_schedule=step"],
+                               "trial.train.lr_schedule: got 'step'; input should be 'constant', 'linear' or 'cosine'"),
     "eval_split on a local file": (["--set", "trial.data.sft.source=/no/such.jsonl", "--set", "trial.data.sft.eval_split=test"],
                                    "trial.data.sft.eval_split: /no/such.jsonl is one file with no named splits"),
 }
