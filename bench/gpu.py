@@ -67,7 +67,7 @@ def load_preset(preset: str, tiny: bool):
 def build(cfg, config, device: torch.device):
     from transformers import AutoModelForCausalLM
 
-    from workers.model import add_lora, make_lr_scheduler, make_optimizer
+    from workers.model import add_lora, enable_checkpointing, make_lr_scheduler, make_optimizer
     from workers.precision import grad_scaler, weights_dtype
 
     t = cfg.trial.train
@@ -78,7 +78,7 @@ def build(cfg, config, device: torch.device):
     if cfg.trial.model.lora is not None:
         model = add_lora(model, cfg.trial.model)
     if t.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
     model.train()
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], t, device)
     return model, optimizer, grad_scaler(t.precision, device), make_lr_scheduler(optimizer, t)

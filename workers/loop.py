@@ -27,7 +27,7 @@ from workers.forward import batch_logps, pair_logps
 from workers.inputs import load_inputs
 from workers.losses import dpo_loss
 from workers.metrics import OBJECTIVES
-from workers.model import load_policy, make_lr_scheduler, make_optimizer
+from workers.model import enable_checkpointing, load_policy, make_lr_scheduler, make_optimizer
 from workers.precision import autocast, grad_scaler, weights_dtype
 from workers.schedules import Plan, Schedule, make_schedule
 from workers.session import Session, all_gather_int, all_reduce_, distributed, scratch_dir
@@ -154,8 +154,7 @@ def setup(cfg: TrialConfig, session: Session, resume_dir: str | None) -> Setup:
 
     model = load_policy(cfg.model, cfg.cache_dir, session.device, resume_dir=resume_dir, dtype=weights_dtype(t.precision))
     if t.gradient_checkpointing:
-        # Non-reentrant: works with frozen inputs (LoRA's base) and with DDP's hooks.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
     model.train()
     model = session.prepare_model(model)
     params = [p for p in model.parameters() if p.requires_grad]

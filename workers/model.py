@@ -84,6 +84,16 @@ def add_lora(model, spec: ModelSpec):
         raise ConfigError(f"trial.model.lora.targets: {lora.targets} match no module of {spec.name!r}; its linear layers: {names}") from e
 
 
+def enable_checkpointing(model) -> None:
+    """Activation checkpointing of every block, non-reentrant: it works with frozen inputs
+    (LoRA's base) and with DDP's hooks. (transformers 5 renamed the method.)"""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def fused_optimizer(device: torch.device) -> bool:
     return device.type in ("cpu", "cuda")
 
