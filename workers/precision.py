@@ -1,32 +1,41 @@
 """Training precision, by Lightning's names: what the weights are stored in, what the
-forward computes in, and whether gradients need a scaler. Pure torch, no Ray."""
+forward computes in, and whether gradients need a scaler. Pure torch, no Ray; torch is
+imported when used, so that the config (which takes the names) stays light for the CLI."""
 
 from __future__ import annotations
 
 import contextlib
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 TRUE_32, BF16_MIXED, BF16_TRUE, FP16_MIXED = "32-true", "bf16-mixed", "bf16-true", "16-mixed"
 PRECISIONS = (TRUE_32, BF16_MIXED, BF16_TRUE, FP16_MIXED)
 
-_AUTOCAST = {BF16_MIXED: torch.bfloat16, FP16_MIXED: torch.float16}
+_AUTOCAST = {BF16_MIXED: "bfloat16", FP16_MIXED: "float16"}
 
 
-def weights_dtype(precision: str) -> torch.dtype:
+def weights_dtype(precision: str) -> "torch.dtype":
     """Mixed precision keeps float32 master weights (and so float32 optimizer state);
     bf16-true stores the weights themselves in bfloat16."""
+    import torch
+
     return torch.bfloat16 if precision == BF16_TRUE else torch.float32
 
 
-def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+def autocast(precision: str, device: "torch.device") -> contextlib.AbstractContextManager:
     """The forward's compute dtype: matmuls in half precision under the mixed precisions."""
+    import torch
+
     if precision in _AUTOCAST:
-        return torch.autocast(device.type, dtype=_AUTOCAST[precision])
+        return torch.autocast(device.type, dtype=getattr(torch, _AUTOCAST[precision]))
     return contextlib.nullcontext()
 
 
-def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
+def grad_scaler(precision: str, device: "torch.device") -> "torch.amp.GradScaler":
     """float16's narrow exponent underflows small gradients: 16-mixed scales the loss up
     and the gradients back down; every other precision gets a disabled (no-op) scaler."""
+    import torch
+
     return torch.amp.GradScaler(device.type, enabled=precision == FP16_MIXED)
