@@ -36,8 +36,8 @@ def test_micro_batches_give_the_update_of_the_whole_batch(cache_dir, schedule):
     assert ends(micro) != ends(whole), "micro-batches ran no differently: the test would show nothing"
 
 
-def _ddp_trial(session, cache_dir, micro):
-    return ends(fit(trial(cache_dir, schedule="alright", lam=0.5, batch_size=8, micro_batch_size=micro), session))
+def _ddp_trial(session, cache_dir, lora, train):
+    return ends(fit(trial(cache_dir, lora, schedule="alright", lam=0.5, batch_size=8, **train), session))
 
 
 def test_micro_batches_under_ddp_give_the_update_of_the_whole_batch(cache_dir):
@@ -46,8 +46,8 @@ def test_micro_batches_under_ddp_give_the_update_of_the_whole_batch(cache_dir):
     from workers.embedded import ensure_embedded
 
     ensure_embedded(cache_dir)  # built once here, not by two ranks at once
-    whole = run_ranks(_ddp_trial, 2, cache_dir, None)
-    micro = run_ranks(_ddp_trial, 2, cache_dir, 3)
+    whole = run_ranks(_ddp_trial, 2, cache_dir, None, {})
+    micro = run_ranks(_ddp_trial, 2, cache_dir, None, {"micro_batch_size": 3})
     for rank in (0, 1):  # training losses are each rank's own batches'; held-out ones all-reduced
         assert micro[rank] == pytest.approx(whole[rank], abs=1e-4)
     assert {k: v for k, v in whole[0].items() if k.startswith("eval/")} == {
@@ -59,6 +59,17 @@ def test_gradient_checkpointing_trains_the_same_model(cache_dir):
     checkpointed = fit(trial(cache_dir, {"r": 4, "alpha": 8}, schedule="mix", lam=0.5, gradient_checkpointing=True),
                        LocalSession())
     assert ends(checkpointed) == pytest.approx(ends(plain), abs=1e-5)
+
+
+def test_gradient_checkpointing_works_with_lora_under_ddp(cache_dir):
+    from workers.embedded import ensure_embedded
+
+    ensure_embedded(cache_dir)
+    lora = {"r": 4, "alpha": 8}
+    plain = run_ranks(_ddp_trial, 2, cache_dir, lora, {})
+    checkpointed = run_ranks(_ddp_trial, 2, cache_dir, lora, {"gradient_checkpointing": True, "micro_batch_size": 4})
+    for rank in (0, 1):
+        assert checkpointed[rank] == pytest.approx(plain[rank], abs=1e-4)
 
 
 def test_bf16_mixed_trains_the_embedded_model_as_float32_does(cache_dir):
