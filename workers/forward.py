@@ -14,7 +14,7 @@ import inspect
 import torch
 import torch.utils.checkpoint
 
-from workers.losses import CHUNK_ELEMENTS, sequence_logps, shift_for_causal_lm, token_logps
+from workers.losses import CHUNK_ELEMENTS, float32_logps, sequence_logps, shift_for_causal_lm
 
 
 def _base(model: torch.nn.Module) -> torch.nn.Module:
@@ -30,7 +30,7 @@ def _keeps_logits(cls: type) -> bool:
 
 
 def _chunk_logps(head: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return token_logps(head(hidden), labels)
+    return float32_logps(head(hidden), labels)
 
 
 def head_token_logps(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor) -> torch.Tensor:

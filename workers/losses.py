@@ -31,7 +31,8 @@ def _gathered_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return picked - torch.logsumexp(logits, dim=-1)
 
 
-def _float32_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def float32_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Log-prob of each label, the logits upcast to float32 first (a no-op for float32)."""
     return _gathered_logps(logits.float(), labels)
 
 
@@ -51,9 +52,9 @@ def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     parts = []
     for lg, lb in zip(logits.split(rows), labels.split(rows)):
         if keep_graph:
-            parts.append(torch.utils.checkpoint.checkpoint(_float32_logps, lg, lb, use_reentrant=False))
+            parts.append(torch.utils.checkpoint.checkpoint(float32_logps, lg, lb, use_reentrant=False))
         else:
-            parts.append(_float32_logps(lg, lb))
+            parts.append(float32_logps(lg, lb))
     return torch.cat(parts)
 
 
@@ -64,16 +65,6 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.
     safe_labels = labels.masked_fill(~loss_mask.bool(), 0)
     logps = token_logps(logits, safe_labels)
     return (logps * loss_mask.to(logps.dtype)).sum(-1)
-
-
-def sft_loss(logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-    """Mean negative log-likelihood over every masked-in token of the batch (a float32 scalar).
-
-    Token-level mean, not a mean of per-sequence means: long responses weigh more, as in
-    the usual SFT objective.
-    """
-    total = sequence_logps(logits, labels, loss_mask).sum()
-    return -total / loss_mask.sum().clamp_min(1).to(total.dtype)
 
 
 def dpo_loss(

@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from workers.losses import dpo_loss, sequence_logps, sft_loss, shift_for_causal_lm
+from workers.losses import dpo_loss, sequence_logps, shift_for_causal_lm
 
 LN2, LN3 = math.log(2), math.log(3)
 
@@ -22,27 +22,6 @@ def test_sequence_logps_ignores_padding_label_values():
     logits = torch.tensor([[[0.0, 0.0], [LN3, 0.0]]])
     out = sequence_logps(logits, torch.tensor([[-100, 1]]), torch.tensor([[0, 1]]))
     torch.testing.assert_close(out, torch.tensor([-2 * LN2]))
-
-
-def test_sft_loss_is_token_mean_over_response_tokens():
-    """Tokens: seq 0 has NLLs ln 2 (t=0) and 2 ln 2 (t=1), seq 1 only t=1 (2 ln 2) masked in.
-    Mean over the 3 masked-in tokens: (ln 2 + 2 ln 2 + 2 ln 2) / 3 = 5/3 ln 2."""
-    logits = torch.tensor([[[0.0, 0.0], [LN3, 0.0]], [[0.0, 0.0], [LN3, 0.0]]])
-    labels = torch.tensor([[0, 1], [0, 1]])
-    mask = torch.tensor([[1, 1], [0, 1]])
-    torch.testing.assert_close(sft_loss(logits, labels, mask), torch.tensor(5 / 3 * LN2))
-
-
-def test_sft_loss_ignores_prompt_and_padding_tokens():
-    """Changing logits or labels where the mask is 0 leaves the loss unchanged."""
-    torch.manual_seed(0)
-    logits = torch.randn(2, 5, 7)
-    labels = torch.randint(0, 7, (2, 5))
-    mask = torch.tensor([[0, 0, 1, 1, 0], [0, 1, 1, 1, 1]])  # prompt, response, padding
-    base = sft_loss(logits, labels, mask)
-    noisy_logits = logits + 10 * torch.randn_like(logits) * (1 - mask).unsqueeze(-1)
-    noisy_labels = torch.where(mask.bool(), labels, torch.full_like(labels, -100))
-    torch.testing.assert_close(sft_loss(noisy_logits, noisy_labels, mask), base)
 
 
 def test_shift_for_causal_lm_aligns_prediction_with_next_token():
@@ -99,7 +78,6 @@ def test_bf16_log_probs_are_summed_in_float32(monkeypatch):
         out = sequence_logps(logits, labels, mask)
         assert out.dtype == torch.float32
         assert (out.double() - exact).abs().max() < 0.05
-        assert sft_loss(logits, labels, mask).dtype == torch.float32
 
 
 def test_bf16_chunked_gradient_matches_the_float32_gradient(monkeypatch):
