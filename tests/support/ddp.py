@@ -1,15 +1,22 @@
-"""Real DDP on CPU without Ray: ``world`` processes joined by gloo, each running a function."""
+"""Real DDP on CPU without Ray: ``world`` spawned processes joined by gloo, each running a
+function. Nothing is forked (a fork of a process running Ray's threads can deadlock), and
+every wait has a deadline, so a broken rank fails the test instead of hanging it."""
 
 from __future__ import annotations
 
-import os
+import datetime
+import json
 import socket
+import tempfile
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from workers.session import LocalSession
+
+DEADLINE_S = 300
 
 
 class DdpSession(LocalSession):
@@ -30,19 +37,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _entry(rank: int, world: int, port: int, fn, args, results):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _entry(rank: int, world: int, port: int, out: str, fn, args) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=DEADLINE_S))
     try:
-        results[rank] = fn(DdpSession(rank, world), *args)
+        Path(out, f"rank{rank}.json").write_text(json.dumps(fn(DdpSession(rank, world), *args)))
     finally:
         dist.destroy_process_group()
 
 
 def run_ranks(fn, world: int, *args) -> list:
-    """``fn(session, *args)`` on every rank (``fn`` must be importable: a module-level
-    function); returns each rank's result."""
-    with mp.Manager() as manager:
-        results = manager.dict()
-        mp.spawn(_entry, args=(world, _free_port(), fn, args, results), nprocs=world, join=True)
-        return [results[r] for r in range(world)]
+    """``fn(session, *args)`` on every rank (``fn``: a module-level function returning
+    JSON-able values); returns each rank's result."""
+    ctx = mp.get_context("spawn")
+    with tempfile.TemporaryDirectory(prefix="rs-ddp-") as out:
+        port = _free_port()
+        procs = [ctx.Process(target=_entry, args=(r, world, port, out, fn, args)) for r in range(world)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(DEADLINE_S)
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+        codes = [p.exitcode for p in procs]
+        assert codes == [0] * world, f"ranks exited with {codes} (None: killed at the {DEADLINE_S} s deadline)"
+        return [json.loads(Path(out, f"rank{r}.json").read_text()) for r in range(world)]
