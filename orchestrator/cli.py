@@ -51,6 +51,10 @@ def parser() -> argparse.ArgumentParser:
     _common(sy)
     sy.add_argument("--experiment", help="sweep name (default: the config's name)")
 
+    es = sub.add_parser("estimate", help="peak memory of a training process, from the config alone (offline, no Ray)")
+    _common(es)
+    es.add_argument("--gpu-memory-gb", type=float, help="one GPU's memory in GB (default: resources.gpu_memory_gb)")
+
     ui = sub.add_parser("ui", help="serve the MLflow UI on the sweep store (127.0.0.1)")
     _common(ui)
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
@@ -156,6 +160,29 @@ def cmd_sync(args) -> int:
     return 0
 
 
+def cmd_estimate(args) -> int:
+    """The estimate, what it assumed, and whether it fits: exit 1 only when it does not."""
+    cfg = load_config(args.config, args.overrides)
+    from workers.estimate import GB, describe, estimate, largest_micro_batch
+
+    r = cfg.resources
+    # A GPU's memory on the command line asks about a GPU process, whatever resources.use_gpu says.
+    workers, device = max(r.num_workers, 1), "cuda" if r.use_gpu or args.gpu_memory_gb else "cpu"
+    e = estimate(cfg.trial, workers, device=device)
+    print("\n".join(describe(e)))
+    memory = args.gpu_memory_gb or (r.gpu_memory_gb if r.use_gpu else None)
+    if memory is None:
+        print("fits: unknown (no GPU memory given: set resources.gpu_memory_gb or pass --gpu-memory-gb)")
+        return 0
+    where = "--gpu-memory-gb" if args.gpu_memory_gb else "resources.gpu_memory_gb"
+    largest = largest_micro_batch(cfg.trial, memory * GB, workers, device=device)
+    fits = e.total <= memory * GB
+    print(f"fits in {memory:g} GB ({where}): {'yes' if fits else 'NO'}; largest micro_batch_size that fits: "
+          + (f"{largest} (batch_size {cfg.trial.train.batch_size})" if largest else "none (see gradient_checkpointing, "
+             "precision bf16-true, LoRA or a shorter max_len)"))
+    return 0 if fits else 1
+
+
 def cmd_ui(args) -> int:
     import subprocess
 
@@ -173,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     args = parser().parse_args(argv)
     try:
-        return {"train": cmd_train, "sweep": cmd_sweep, "pareto": cmd_pareto, "sync": cmd_sync, "ui": cmd_ui}[args.command](args)
+        return {"train": cmd_train, "sweep": cmd_sweep, "pareto": cmd_pareto, "sync": cmd_sync, "estimate": cmd_estimate,
+                "ui": cmd_ui}[args.command](args)
     except ConfigError as e:
         for line in str(e).splitlines():
             print(f"rightsweep: config error: {line}", file=sys.stderr)

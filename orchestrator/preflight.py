@@ -132,10 +132,36 @@ def check_storage(storage: str) -> None:
         raise ConfigError(f"storage: {root} {what} ({e.strerror or e}); choose another folder with --set storage=PATH") from None
 
 
+def check_memory(cfg: ExperimentConfig) -> None:
+    """A trial whose memory estimate exceeds one GPU would run out of memory in its first
+    step, after Ray, the shared inputs and the model load; checked only for GPU trials
+    whose GPU memory is given (the estimate imports torch and transformers)."""
+    r = cfg.resources
+    if not r.use_gpu or r.gpu_memory_gb is None:
+        return
+    from workers.estimate import GB, estimate, largest_micro_batch
+
+    workers, limit = max(r.num_workers, 1), r.gpu_memory_gb * GB
+    e = estimate(cfg.trial, workers)
+    if e.total <= limit:
+        return
+    t = cfg.trial.train
+    largest = largest_micro_batch(cfg.trial, limit, workers)
+    fix = (f"the largest micro_batch_size that fits is {largest}" if largest else
+           "no micro_batch_size fits: turn on trial.train.gradient_checkpointing, use precision bf16-true or LoRA, or "
+           "shorten trial.data.max_len")
+    raise ConfigError(f"trial.train.micro_batch_size: {e.micro_batch} does not fit: a training process's memory estimate is "
+                      f"{e.total / GB:.2f} GB (max_len {e.max_len}, precision {t.precision}, gradient checkpointing "
+                      f"{'on' if t.gradient_checkpointing else 'off'}) and resources.gpu_memory_gb is {r.gpu_memory_gb:g} GB; "
+                      f"{fix} (rightsweep estimate shows the breakdown)")
+
+
 def preflight(cfg: ExperimentConfig) -> ExperimentConfig:
     """The checks, in a second; returns the config with the hub revision pinned."""
     model = check_model(cfg.trial.model)
     check_dataset("trial.data.sft", cfg.trial.data.sft)
     check_dataset("trial.data.pref", cfg.trial.data.pref)
     check_storage(cfg.storage)
-    return cfg.model_copy(update={"trial": cfg.trial.model_copy(update={"model": model})})
+    cfg = cfg.model_copy(update={"trial": cfg.trial.model_copy(update={"model": model})})
+    check_memory(cfg)
+    return cfg

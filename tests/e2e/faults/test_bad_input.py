@@ -141,6 +141,23 @@ def test_storage_not_writable(tmp_path, cli):
     assert_refused(proc, f"storage: {blocked / 'sub'} is not writable")
 
 
+@pytest.mark.parametrize("command", ["sweep", "train"])
+def test_a_trial_that_does_not_fit_its_gpu(command, tmp_path, cli):
+    """Refused by its memory estimate before Ray starts, naming the micro-batch that fits
+    (on a 1.011 GB GPU: the embedded model's few MB plus the 1 GB CUDA overhead)."""
+    from orchestrator.config import load_config
+    from workers.estimate import GB, estimate, largest_micro_batch
+
+    sets = [f"storage={tmp_path}", "resources.use_gpu=true", "resources.gpu_memory_gb=1.011"]
+    cfg = load_config("smoke", sets)
+    fits = largest_micro_batch(cfg.trial, 1.011 * GB)
+    assert 0 < fits < cfg.trial.train.batch_size
+    proc = cli(command, "--config", "smoke", *[a for s in sets for a in ("--set", s)])
+    assert_refused(proc, f"trial.train.micro_batch_size: {cfg.trial.train.micro_batch} does not fit: a training process's "
+                         f"memory estimate is {estimate(cfg.trial).total / GB:.2f} GB")
+    assert f"resources.gpu_memory_gb is 1.011 GB; the largest micro_batch_size that fits is {fits}" in proc.stderr
+
+
 def test_a_hub_model_that_is_not_here_needs_network_or_a_local_path(tmp_path, cli):
     proc = cli("sweep", "--config", "smoke", "--set", f"storage={tmp_path}",
                       "--set", "trial.model.name=EleutherAI/pythia-1b", "--set", "trial.model.revision=step143000")
