@@ -201,3 +201,12 @@ def test_largest_micro_batch_is_the_boundary_of_the_fit(tmp_path):
     assert largest_micro_batch(t, totals[6] - 1) == 6
     assert largest_micro_batch(t, totals[0] - 1) == 0
     assert largest_micro_batch(t, 10 * totals[-1]) == 16
+
+
+def test_an_architecture_not_traced_is_estimated_and_said_to_be_approximate(tmp_path):
+    """GPT-2's layers are not among the traced recipes: the Llama recipe stands in, flagged."""
+    gpt2 = {"model_type": "gpt2", "n_embd": 128, "n_layer": 2, "n_head": 4, "vocab_size": 1000, "bos_token_id": 0,
+            "eos_token_id": 0, "num_hidden_layers": 2}
+    e = estimate(trial(folder(tmp_path, gpt2)))
+    assert e.approximate and e.activations > 0 and not estimate(trial(folder(tmp_path, NEOX))).approximate
+    assert e.shape.params_total == sum(p.numel() for p in real_model(trial(folder(tmp_path, gpt2))).parameters())
