@@ -210,8 +210,9 @@ def check_preset(preset: str, tiny: bool, steps: int, device: torch.device) -> d
     peak = peak_memory(device)
     if not tiny:
         est = estimate(cfg.trial, num_workers=1)
-        out["memory"] = {"measured_gb": peak / 1e9 if peak else None, "estimate_gb": est.total / 1e9,
-                         "ratio": (est.total / peak) if peak else None}
+        allocated = est.total - est.overhead  # max_memory_allocated does not see the CUDA context
+        out["memory"] = {"measured_gb": peak / 1e9 if peak else None, "estimate_gb": allocated / 1e9,
+                         "ratio": (allocated / peak) if peak else None}
         print(f"  peak memory {out['memory']['measured_gb']}, estimate {out['memory']['estimate_gb']:.2f} GB", flush=True)
     out["reference"] = reference_step_ratio(cfg, parts, config, device, max(2, steps // 10))
     print(f"  DPO step cached ÷ live reference: {out['reference']['ratio']:.3f}", flush=True)

@@ -114,6 +114,10 @@ def seeds_section(data: dict) -> list[str]:
 def ratios_section(paper: dict | None, throughput: dict | None, sweeps_all: dict | None) -> list[str]:
     sweeps = sweeps_all["sweeps"] if sweeps_all else None
     rows = []
+    if throughput and "loop_vs_bare_dpo" in throughput:
+        d = throughput["loop_vs_bare_dpo"]
+        rows.append(("the loop's DPO steps/s (micro_batch_size = batch_size, in-process) ÷ a bare PyTorch loop's "
+                     "(full logits, log-softmax, same model and batches)", "≥ 0.95", f"{d['ratio']:.3f}", d["ratio"] >= 0.95))
     if throughput:
         t = throughput["trainer_vs_bare"]
         rows.append(("training-loop steps/s in a `TorchTrainer` worker ÷ a bare PyTorch loop, same model and batches",
@@ -211,6 +215,36 @@ def memory_section(data: dict) -> list[str]:
     return lines
 
 
+def gpu_section(data: dict | None) -> list[str]:
+    """``bench.gpu``: the presets' models on a GPU, or the plain fact that it has not run."""
+    lines = ["## 4. The GPU check", ""]
+    if data is None or data.get("tiny") or not data.get("device"):
+        return lines + ["`python -m bench.gpu` has **not run on a GPU** yet: no machine here has one. It is ready (its "
+                        "`--tiny` mode runs the same code on CPU in the test suite); run it once on one GPU and re-render "
+                        "this file with `python -m bench.render`.", ""]
+    lines += [f"`{data['command']}` on {data['device']}, {data['seconds']:.0f} s: random weights from the shipped configs, "
+              "random token ids, at each preset's shapes. MFU: model FLOP/s (2·N forward + 2·L·T·H attention per token, "
+              "×3 for full training, ×2 with LoRA; recomputation not counted) ÷ the GPU's dense bf16 peak.", "",
+              "| preset | precision, micro × batch, max_len, checkpointing | objective | steps | tokens/s | model TFLOP/s | MFU |",
+              "|---|---|---|---|---|---|---|"]
+    for name, r in data["presets"].items():
+        st = r["settings"]
+        how = (f"{st['precision']}, {st['micro_batch_size']} × {st['batch_size']}, {st['max_len']}, "
+               f"{'on' if st['gradient_checkpointing'] else 'off'}")
+        for objective in ("sft", "dpo"):
+            o = r[objective]
+            mfu = f"{o['mfu']:.1%}" if o["mfu"] is not None else "– (unknown peak)"
+            lines.append(f"| {name} | {how} | {objective.upper()} | {o['steps']} | {o['tokens_per_s']:,.0f} | "
+                         f"{o['model_tflops_per_s']:.1f} | {mfu} |")
+    lines += ["", "| preset | peak GPU memory (GB) | estimate without the CUDA-context term (GB) | estimate ÷ measured | "
+              "DPO step cached ÷ live reference |", "|---|---|---|---|---|"]
+    for name, r in data["presets"].items():
+        m, ref = r.get("memory", {}), r["reference"]
+        lines.append(f"| {name} | {m.get('measured_gb', 0):.2f} | {m.get('estimate_gb', 0):.2f} | {m.get('ratio', 0):.2f} | "
+                     f"{ref['ratio']:.3f} |")
+    return lines + [""]
+
+
 def main() -> None:
     paper, seeds = read_result("paper_comparison"), read_result("seeds")
     throughput, sweeps, memory = read_result("throughput"), read_result("sweeps"), read_result("memory")
@@ -225,6 +259,7 @@ def main() -> None:
     lines += ratios_section(paper, throughput, sweeps)
     if memory:
         lines += memory_section(memory)
+    lines += gpu_section(read_result("gpu"))
     analysis = ROOT / "bench" / "analysis.md"
     if analysis.exists():
         lines += [analysis.read_text().rstrip(), ""]
