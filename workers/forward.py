@@ -33,18 +33,21 @@ def _chunk_logps(head: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tens
     return float32_logps(head(hidden), labels)
 
 
-def head_token_logps(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor) -> torch.Tensor:
-    """[B, T] float32 log-probs of ``labels`` from final hidden states [B, T, H].
+def next_token_logps(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor) -> torch.Tensor:
+    """[B, T-1] float32 log-probs of ``labels`` (the ids from position 1 on) from the final
+    hidden states [B, T, H]: position t predicts token t + 1.
 
-    When the logits fit one chunk, the head runs once over the batch, exactly as the model
-    would. Else each chunk of positions goes through ``checkpoint``: backward recomputes
-    its logits instead of keeping them, so one chunk's logits live at a time."""
+    When the logits fit one chunk, the head runs once over every position and the last is
+    dropped, exactly as the model's own head and the caller's shift would (the same
+    shapes, so the same bits). Else each chunk of positions goes through ``checkpoint``:
+    backward recomputes its logits instead of keeping them, so one chunk's logits live at
+    a time."""
     rows, length, width = hidden.shape
     vocab = head.weight.shape[0]
     if rows * length * vocab <= CHUNK_ELEMENTS:
-        return _chunk_logps(head, hidden, labels)
+        return float32_logps(head(hidden)[:, :-1], labels)
     per_chunk = max(1, CHUNK_ELEMENTS // vocab)
-    flat_h, flat_l = hidden.reshape(-1, width), labels.reshape(-1)
+    flat_h, flat_l = hidden[:, :-1].reshape(-1, width), labels.reshape(-1)
     keep_graph = torch.is_grad_enabled() and hidden.requires_grad
     parts = []
     for h, lb in zip(flat_h.split(per_chunk), flat_l.split(per_chunk)):
@@ -52,7 +55,7 @@ def head_token_logps(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.
             parts.append(torch.utils.checkpoint.checkpoint(_chunk_logps, head, h, lb, use_reentrant=False))
         else:
             parts.append(_chunk_logps(head, h, lb))
-    return torch.cat(parts).reshape(rows, length)
+    return torch.cat(parts).reshape(rows, length - 1)
 
 
 def batch_logps(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,10 +70,9 @@ def batch_logps(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torc
         shifted = shift_for_causal_lm(logits, ids, mask)
         return sequence_logps(*shifted), shifted[2].sum(-1)
     out = model(input_ids=ids, attention_mask=batch["attention_mask"], output_hidden_states=True, logits_to_keep=1)
-    hidden = out.hidden_states[-1][:, :-1]  # position t predicts token t + 1
     labels, loss_mask = ids[:, 1:], mask[:, 1:]
     safe_labels = labels.masked_fill(~loss_mask.bool(), 0)  # padding may hold any id; gather needs a valid one
-    logps = head_token_logps(hidden, base.get_output_embeddings(), safe_labels)
+    logps = next_token_logps(out.hidden_states[-1], base.get_output_embeddings(), safe_labels)
     return (logps * loss_mask.to(logps.dtype)).sum(-1), loss_mask.sum(-1)
 
 

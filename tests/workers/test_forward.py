@@ -7,11 +7,12 @@ import workers.forward as forward
 from workers.losses import sequence_logps, shift_for_causal_lm
 
 
-def _head_batch(rows=3, length=10, width=8, vocab=50, dtype=torch.float32):
+def _head_batch(rows=3, length=11, width=8, vocab=50, dtype=torch.float32):
+    """Hidden states of ``length`` positions; labels of the ``length - 1`` next tokens."""
     g = torch.Generator().manual_seed(0)
     head = torch.nn.Linear(width, vocab, bias=False).to(dtype)
     hidden = torch.randn(rows, length, width, generator=g).to(dtype).requires_grad_()
-    labels = torch.randint(0, vocab, (rows, length), generator=g)
+    labels = torch.randint(0, vocab, (rows, length - 1), generator=g)
     return head, hidden, labels
 
 
@@ -19,12 +20,12 @@ def test_the_chunked_head_gives_the_log_probs_and_gradients_of_the_whole_logits(
     """7 positions a chunk (of 30), each recomputed in backward: the values and gradients
     of one log-softmax over all the logits."""
     head, hidden, labels = _head_batch()
-    whole = torch.log_softmax(head(hidden), -1).gather(-1, labels[..., None]).squeeze(-1)
+    whole = torch.log_softmax(head(hidden)[:, :-1], -1).gather(-1, labels[..., None]).squeeze(-1)
     whole.sum().backward()
     expected = hidden.grad.clone(), head.weight.grad.clone()
     hidden.grad, head.weight.grad = None, None
     monkeypatch.setattr(forward, "CHUNK_ELEMENTS", 7 * 50)
-    chunked = forward.head_token_logps(hidden, head, labels)
+    chunked = forward.next_token_logps(hidden, head, labels)
     chunked.sum().backward()
     torch.testing.assert_close(chunked, whole)
     torch.testing.assert_close(hidden.grad, expected[0])
@@ -33,9 +34,9 @@ def test_the_chunked_head_gives_the_log_probs_and_gradients_of_the_whole_logits(
 
 def test_chunks_of_bf16_logits_are_upcast_to_float32(monkeypatch):
     head, hidden, labels = _head_batch(dtype=torch.bfloat16)
-    exact = torch.log_softmax(head(hidden).double(), -1).gather(-1, labels[..., None]).squeeze(-1)
+    exact = torch.log_softmax(head(hidden)[:, :-1].double(), -1).gather(-1, labels[..., None]).squeeze(-1)
     monkeypatch.setattr(forward, "CHUNK_ELEMENTS", 7 * 50)
-    out = forward.head_token_logps(hidden, head, labels)
+    out = forward.next_token_logps(hidden, head, labels)
     assert out.dtype == torch.float32
     assert (out.double() - exact).abs().max() < 1e-5
 
