@@ -73,31 +73,56 @@ def _bare_loop(raw: dict, decisions: str, threads: int) -> dict:
     return {"steps_per_s": len(decisions) / seconds, "seconds": seconds, "threads": torch.get_num_threads()}
 
 
-def _loop_in_process(raw: dict) -> dict:
+def _dpo_step_blocks(raw: dict, blocks: int, steps: int) -> dict:
+    """One process, one model, one stream of pair batches: blocks of the loop's own DPO
+    step (``train_step``: micro-batches, the chunked head, scaler, LR scheduler) alternate
+    with blocks of a bare step (full logits, log-softmax, backward, clip, AdamW), so the
+    machine's drift hits both alike."""
+    import torch
+
     from workers.config import TrialConfig
-    from workers.loop import fit
+    from workers.loop import setup, train_step
     from workers.session import LocalSession
 
     cfg = TrialConfig.model_validate(raw)
-    last = fit(cfg, LocalSession())[-1]
-    return {"steps_per_s": last[metrics.STEP] / last[metrics.TRAIN_S], "seconds": last[metrics.TRAIN_S]}
+    torch.set_num_threads(cfg.threads)
+    device = torch.device("cpu")
+    s = setup(cfg, LocalSession(), resume_dir=None)
+    step = 0
+
+    def loop_block() -> float:
+        nonlocal step
+        started = time.perf_counter()
+        for _ in range(steps):
+            train_step(s, cfg, step, device)
+            step += 1
+        return (time.perf_counter() - started) / steps
+
+    def bare_block() -> float:
+        started = time.perf_counter()
+        for _ in range(steps):
+            bare_loss("dpo", s.model, s.streams["dpo"].next(), cfg.train.beta).backward()
+            torch.nn.utils.clip_grad_norm_(s.model.parameters(), cfg.train.max_grad_norm)
+            s.optimizer.step()
+            s.optimizer.zero_grad(set_to_none=True)
+        return (time.perf_counter() - started) / steps
+
+    loop_block(), bare_block()  # warm-up, not counted
+    loop, bare = [], []
+    for _ in range(blocks):
+        loop.append(loop_block())
+        bare.append(bare_block())
+    return {"loop_step_s": loop, "bare_step_s": bare, "blocks": blocks, "steps_per_block": steps,
+            "ratio": statistics.median(bare) / statistics.median(loop)}
 
 
 def loop_vs_bare_dpo() -> dict:
     """DPO-only (sequential, λ = 1) at micro_batch_size = batch_size: the loop's optimizer
-    steps/s in a plain process against the bare loop's on the same model and batches,
-    each in a fresh process, alternated ``REPS`` times."""
+    steps/s against a bare loop's on the same model and batches, alternated in one process."""
     from workers.schedules import SEQUENTIAL
 
     raw = trial_config(schedule=SEQUENTIAL, lam=1.0, total_steps=STEPS, eval_every=STEPS)
-    threads = raw["threads"]
-    loop, bare = [], []
-    for rep in range(REPS):
-        bare.append(run_isolated(_bare_loop, raw, "D" * STEPS, threads))
-        loop.append(run_isolated(_loop_in_process, raw))
-        print(f"  rep {rep}: bare {bare[-1]['steps_per_s']:.1f}, loop {loop[-1]['steps_per_s']:.1f} DPO steps/s", flush=True)
-    ratio = statistics.mean(r["steps_per_s"] for r in loop) / statistics.mean(r["steps_per_s"] for r in bare)
-    return {"steps": STEPS, "threads": threads, "loop": loop, "bare": bare, "ratio": ratio}
+    return run_isolated(_dpo_step_blocks, raw, 10, 40)
 
 
 def _decisions(raw: dict) -> str:
