@@ -1,4 +1,4 @@
-"""``make bench``: every benchmark, then BENCHMARKS.md. Offline; about 30 minutes on 2 cores.
+"""``make bench``: every benchmark, then BENCHMARKS.md. Offline; about 48 minutes on 2 cores (41 measured before bench.memory, which took 7).
 
 Each part writes ``bench/results/<part>.json`` as it finishes, so one part can be rerun
 alone (``python -m bench.paper``, ``bench.throughput``, ``bench.sweeps``) and the report
