@@ -148,6 +148,7 @@ def reference_step_ratio(cfg, parts, config, device, steps: int) -> dict:
     no-grad forward of the base (adapters off) on the same batch first."""
     import contextlib
 
+    from workers.data import micro_batches
     from workers.forward import pair_logps
     from workers.loop import objective_pass, optimizer_step
     from workers.precision import autocast
@@ -161,8 +162,6 @@ def reference_step_ratio(cfg, parts, config, device, steps: int) -> dict:
             disable = getattr(model, "disable_adapter", None)
             with torch.no_grad(), (disable() if disable else contextlib.nullcontext()), autocast(t.precision, device):
                 # one micro-batch at a time, as the policy's pass
-                from workers.data import micro_batches
-
                 refs = [pair_logps(model, {k: v.to(device) for k, v in piece.items()})
                         for piece in micro_batches(batch, t.micro_batch, pairs=True)]
                 batch["ref_chosen"] = torch.cat([c for c, _ in refs]).float().cpu()

@@ -182,18 +182,15 @@ def objective_loss(name: str, model, batch: dict, beta: float) -> torch.Tensor:
     return dpo_loss(chosen, rejected, batch["ref_chosen"], batch["ref_rejected"], beta)[0].sum()
 
 
-def step_size(name: str, batch: dict) -> int:
-    """What the step's loss is a mean over: response tokens (a token mean, so micro-batches
-    weigh by their tokens, not their count) or pairs. Counted on the host batch: no sync."""
-    return int(batch["loss_mask"][:, 1:].sum()) if name == "sft" else len(batch["ref_chosen"])
-
-
 def objective_pass(name: str, model, batch: dict, t: TrainSpec, device, backward=None) -> tuple[torch.Tensor, int]:
     """(the objective's mean loss on one step's batch, its response tokens), a micro-batch
     at a time. With ``backward``, each micro-batch's share of the mean is handed to it as
     soon as it is computed, so one micro-batch's graph is alive at a time and the
     accumulated gradient is that of the whole batch's mean."""
-    size, tokens = step_size(name, batch), int(batch["loss_mask"][:, 1:].sum())
+    # The step's loss is a mean over the whole batch's response tokens (SFT: micro-batches
+    # weigh by their tokens, not their count) or pairs; counted on the host batch, no sync.
+    tokens = int(batch["loss_mask"][:, 1:].sum())
+    size = tokens if name == "sft" else len(batch["ref_chosen"])
     pieces = micro_batches(batch, t.micro_batch, pairs=name == "dpo")
     total = torch.zeros((), device=device)
     for i, piece in enumerate(pieces):
