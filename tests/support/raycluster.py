@@ -82,7 +82,7 @@ class Cluster:
                      "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
                      f"--ray-client-server-port={client}", f"--resources={json.dumps(resources or {})}",
                      *self._node_ports(node)])
-        self.wait_for(lambda: self._job_api_up(), "the head's job API", 120)
+        self.wait_for(lambda: self._takes_jobs(), "the head to take jobs", 180)
         return self
 
     def add_node(self, num_cpus: int, resources: dict) -> None:
@@ -102,8 +102,14 @@ class Cluster:
     def run(self, args: list[str], timeout: float = 900, **kw) -> subprocess.CompletedProcess:
         return subprocess.run(args, env={**self.env, **kw.pop("env", {})}, capture_output=True, text=True, timeout=timeout, **kw)
 
-    def _job_api_up(self) -> bool:
-        return self.run([RAY, "job", "list", "--address", self.dashboard], timeout=60).returncode == 0
+    def _takes_jobs(self) -> bool:
+        """A job runs to its end: the dashboard is up *and* the head's job agent has
+        registered (on a loaded machine that takes more than the 10 s Ray's job API waits
+        for it, and a submission before then fails with "No available agent")."""
+        try:
+            return self.run([RAY, "job", "submit", "--address", self.dashboard, "--", "true"], timeout=120).returncode == 0
+        except subprocess.TimeoutExpired:
+            return False
 
     def node_count(self) -> int:
         code = "import ray, json; ray.init(address='auto', logging_level='ERROR'); print(len([n for n in ray.nodes() if n['Alive']]))"
