@@ -111,3 +111,26 @@ def check_fits(resources: Resources) -> None:
         log.warning("%s; the trials wait until the autoscaler adds nodes", problem)
         return
     raise ConfigError(problem)
+
+
+def fit_count(have: dict[str, float], need: dict[str, float]) -> int:
+    """How many bundles of ``need`` the resources ``have`` hold (each resource counted alone,
+    as Tune's placement is per trial)."""
+    return min((int(have.get(k, 0) // v) for k, v in need.items() if v > 0), default=0)
+
+
+def trial_slots(need: dict[str, float], n_trials: int) -> tuple[int, str]:
+    """How many trials of ``need`` each may run at once, and why. A fixed cluster: what its
+    resources fit now (at least one). An autoscaling one: what its node types fit at their
+    ``max_workers`` when Ray publishes that (autoscaler v2), else every trial of the grid:
+    a trial waiting for resources is the demand the autoscaler adds nodes for, and the
+    autoscaler itself caps the nodes at ``max_workers``."""
+    import ray
+
+    if may_add_nodes():
+        most = ray._private.state.state.get_max_resources_from_cluster_config()
+        if most:
+            return max(1, min(fit_count(most, need), n_trials)), "what the autoscaler's node types fit at max_workers"
+        return n_trials, "every trial queued: the autoscaler adds nodes for those waiting"
+    return max(1, min(fit_count(ray.cluster_resources(), need), n_trials)), "what the cluster's resources fit"
+

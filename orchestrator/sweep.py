@@ -43,16 +43,15 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 
 def max_concurrent(cfg: ExperimentConfig, n_trials: int) -> int:
-    """As many trials as the cluster's current resources fit (at least one: an autoscaler
-    may add nodes), unless the config says."""
-    if cfg.sweep.max_concurrent_trials:
-        return cfg.sweep.max_concurrent_trials
-    import ray
+    """The config's ``sweep.max_concurrent_trials``, else ``cluster.trial_slots``."""
+    from orchestrator.cluster import trial_slots
 
-    have = ray.cluster_resources()
-    need = cfg.resources.per_trial()
-    fits = min((int(have.get(k, 0) // v) for k, v in need.items() if v > 0), default=n_trials)
-    return max(1, min(fits, n_trials))
+    if cfg.sweep.max_concurrent_trials:
+        n, why = cfg.sweep.max_concurrent_trials, "sweep.max_concurrent_trials"
+    else:
+        n, why = trial_slots(cfg.resources.per_trial(), n_trials)
+    log.info("up to %d of the %d trials at once (%s)", n, n_trials, why)
+    return n
 
 
 class _NoTuneRestoreHint(logging.Filter):

@@ -85,6 +85,35 @@ class Cluster:
         self.wait_for(lambda: self._takes_jobs(), "the head to take jobs", 180)
         return self
 
+    def start_autoscaling_head(self, head_cpus: int, worker_types: dict, idle_timeout_minutes: float) -> "Cluster":
+        """A head whose autoscaler adds and removes nodes through Ray's fake multi-node
+        provider (the one Ray tests its autoscaler with): each "node" is a raylet on this
+        machine. ``ray.cluster_utils.AutoscalingCluster`` would start it, but it runs
+        ``ray stop --force`` first (every Ray on the machine) and its config template is not
+        in Ray's wheel, so the same config is written here."""
+        self.gcs_port, self.dashboard_port, client, *node = free_ports(9)
+        config = {
+            "cluster_name": f"fake-{uuid.uuid4().hex[:8]}", "max_workers": sum(t["max_workers"] for t in worker_types.values()),
+            # The nodes join this head, not Ray's default port 6379.
+            "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
+                         "disable_launch_config_check": True, "gcs_address": self.address},
+            "available_node_types": {"ray.head.default": {"resources": {"CPU": head_cpus}, "node_config": {}, "max_workers": 0},
+                                     **worker_types},
+            "head_node_type": "ray.head.default", "auth": {}, "upscaling_speed": 1.0,
+            "idle_timeout_minutes": idle_timeout_minutes, "docker": {}, "file_mounts": {}, "cluster_synced_files": [],
+            "file_mounts_sync_continuously": False, "rsync_exclude": [], "rsync_filter": [],
+            **{k: [] for k in ("initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands",
+                               "head_start_ray_commands", "worker_start_ray_commands")},
+        }
+        path = Path(self.temp_dir) / "autoscaling.json"
+        path.write_text(json.dumps(config))
+        self.env.update({"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"})
+        self._spawn(["--head", f"--port={self.gcs_port}", f"--temp-dir={self.temp_dir}", f"--num-cpus={head_cpus}",
+                     f"--autoscaling-config={path}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                     f"--dashboard-port={self.dashboard_port}", f"--ray-client-server-port={client}", *self._node_ports(node)])
+        self.wait_for(lambda: self.node_count() >= 1, "the head", 180)
+        return self
+
     def add_node(self, num_cpus: int, resources: dict) -> None:
         before = self.node_count()
         self._spawn([f"--address=127.0.0.1:{self.gcs_port}", f"--num-cpus={num_cpus}",
@@ -112,9 +141,11 @@ class Cluster:
             return False
 
     def node_count(self) -> int:
-        code = "import ray, json; ray.init(address='auto', logging_level='ERROR'); print(len([n for n in ray.nodes() if n['Alive']]))"
+        # Marked: an autoscaler's events ("Removing 1 nodes ...") reach this driver's stdout too.
+        code = "import ray; ray.init(address='auto', logging_level='ERROR'); print('alive', sum(n['Alive'] for n in ray.nodes()))"
         out = self.run([sys.executable, "-c", code], timeout=120, env={"RAY_ADDRESS": self.address})
-        return int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else 0
+        counts = [int(line.split()[1]) for line in out.stdout.splitlines() if line.startswith("alive ")]
+        return counts[-1] if out.returncode == 0 and counts else 0
 
     def wait_for(self, ready, what: str, timeout: float) -> None:
         deadline = time.time() + timeout
