@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -20,46 +20,63 @@ from workers.metrics import OBJECTIVES
 log = logging.getLogger("rightsweep")
 
 
+def prepare_in_stages(submit, result, trial: dict, world_size: int, shards: int) -> dict[str, str]:
+    """``workers.inputs.prepare`` through ``submit(fn, *args)`` (a Ray task, or a process of
+    a pool) and ``result(future)``. With several shards, the reference pass is split first:
+    one call builds the token cache and plans the shards, one call per shard computes its
+    pairs, all at once, and ``prepare`` merges them into the one cache file (one pass
+    recorded). With one shard, ``prepare`` computes it alone, as a trial would."""
+    from workers.inputs import plan_reference, prepare, reference_shard
+
+    done = []
+    if shards > 1:
+        plan = result(submit(plan_reference, trial, shards))
+        done = [result(f) for f in [submit(reference_shard, trial, shard) for shard in plan]]
+    return result(submit(prepare, trial, world_size, done))
+
+
 def prepare_shared(trial: TrialConfig, resources: Resources) -> dict[str, str]:
-    """Before any trial, once: build the embedded assets and the reference log-probs, and
-    read the inputs far enough to refuse what the config alone could not show (no row fits
-    max_len, LoRA targets match nothing, the model cannot be loaded) as a ``ConfigError``.
-    A Ray task with one training process's resources (the reference needs the model, and
-    maybe a GPU)."""
+    """Before any trial, once: build the embedded assets, the token cache and the reference
+    log-probs, and read the inputs far enough to refuse what the config alone could not
+    show (no row fits max_len, LoRA targets match nothing, the model cannot be loaded) as a
+    ``ConfigError``. Ray tasks with one training process's resources each (the reference
+    needs the model, and maybe a GPU); the reference pass over ``num_workers`` of them."""
     import ray
 
-    from workers.inputs import prepare
-
     need = resources.per_process()
-    task = ray.remote(prepare).options(num_cpus=need.pop("CPU"), num_gpus=need.pop("GPU", 0), resources=need, max_retries=0)
+    options = dict(num_cpus=need.pop("CPU"), num_gpus=need.pop("GPU", 0), resources=need, max_retries=0)
+
+    def submit(fn, *args):
+        return ray.remote(fn).options(**options).remote(*args)
+
     started = time.perf_counter()
     try:
-        provenance = ray.get(task.remote(trial.model_dump(), max(resources.num_workers, 1)))
+        workers = max(resources.num_workers, 1)
+        provenance = prepare_in_stages(submit, ray.get, trial.model_dump(), workers, workers)
     except ConfigError as e:  # Ray's error subclasses the worker's: report the worker's own message
         raise ConfigError(str(getattr(e, "cause", e))) from None
-    log.info("shared inputs ready (embedded assets, reference log-probs) in %.1fs", time.perf_counter() - started)
+    log.info("shared inputs ready (embedded assets, token cache, reference log-probs) in %.1fs", time.perf_counter() - started)
     return provenance
 
 
 def connect_and_prepare(trial: TrialConfig, resources: Resources) -> dict[str, str]:
     """Connect to Ray (or start a private local one), check that a trial fits, and build the
     shared inputs. When this process starts the Ray, the machine that builds them is this
-    one, so they are built in a process of their own while Ray starts instead of after
-    (seconds of every sweep); on a cluster, as a Ray task."""
+    one, so they are built in processes of their own (one per shard of the reference pass)
+    while Ray starts instead of after (seconds of every sweep); on a cluster, as Ray tasks."""
     from orchestrator.cluster import check_fits, connect, will_start_locally
-    from workers.inputs import prepare
 
     if not will_start_locally():
         connect()
         check_fits(resources)
         return prepare_shared(trial, resources)
-    started = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-        preparing = pool.submit(prepare, trial.model_dump(), max(resources.num_workers, 1))
+    started, workers = time.perf_counter(), max(resources.num_workers, 1)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool, ThreadPoolExecutor(1) as stages:
+        preparing = stages.submit(prepare_in_stages, pool.submit, Future.result, trial.model_dump(), workers, workers)
         connect()
         check_fits(resources)
         provenance = preparing.result()
-    log.info("shared inputs ready (embedded assets, reference log-probs) in %.1fs, built while Ray started",
+    log.info("shared inputs ready (embedded assets, token cache, reference log-probs) in %.1fs, built while Ray started",
              time.perf_counter() - started)
     return provenance
 

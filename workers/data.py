@@ -6,6 +6,8 @@ embedded default (written to jsonl) exercises the path real data takes.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from workers.cache import files_digest, read_checked, write_checked
 from workers.config import EMBEDDED, LOCAL_SUFFIXES, ConfigError, DataSpec, DatasetSpec
 from workers.embedded import ensure_embedded
 from workers.prompts import alpaca_prompt_text, render_prompt
@@ -27,10 +30,8 @@ def load_table(source: str, split: str):
 
     suffix = Path(source).suffix
     if suffix in LOCAL_SUFFIXES:
-        if "://" in source:  # a file behind a URL (https, s3 with fsspec): same loader
-            return datasets.load_dataset(LOCAL_SUFFIXES[suffix], data_files=source, split="train")
-        if not Path(source).is_file():
-            raise FileNotFoundError(f"dataset file {source} does not exist")
+        if "://" not in source:  # else a file behind a URL (https, s3 with fsspec): same loader
+            _existing(source)
         return datasets.load_dataset(LOCAL_SUFFIXES[suffix], data_files=source, split="train")
     try:
         return datasets.load_dataset(source, split=split)
@@ -41,18 +42,59 @@ def load_table(source: str, split: str):
         ) from e
 
 
+def _existing(source: str) -> Path:
+    if not Path(source).is_file():
+        raise FileNotFoundError(f"dataset file {source} does not exist")
+    return Path(source)
+
+
+class Ragged:
+    """A column of variable-length sequences as one flat array and the offsets of its rows:
+    row ``i`` is ``values[offsets[i]:offsets[i + 1]]``, a view. A Python list of one small
+    array per row cost about 100 bytes of object overhead a row and a copy to store; this
+    is what the token cache holds, and it is read back as it is."""
+
+    def __init__(self, values: np.ndarray, offsets: np.ndarray):
+        offsets = np.asarray(offsets, dtype=np.int64)
+        if offsets.ndim != 1 or len(offsets) == 0 or offsets[0] != 0 or offsets[-1] != len(values) \
+                or np.any(np.diff(offsets) < 0):
+            raise ValueError(f"offsets do not index {len(values)} values")
+        self.values, self.offsets = values, offsets
+
+    @classmethod
+    def from_sequences(cls, seqs, dtype=np.int32) -> "Ragged":
+        lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
+        values = np.concatenate([np.asarray(s, dtype=dtype) for s in seqs]) if len(seqs) else np.zeros(0, dtype)
+        return cls(values.astype(dtype, copy=False), np.concatenate([[0], np.cumsum(lengths)]))
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            start, stop, step = i.indices(len(self))
+            if step != 1:
+                raise ValueError("a Ragged column slices contiguously")
+            stop = max(start, stop)
+            return Ragged(self.values[self.offsets[start] : self.offsets[stop]], self.offsets[start : stop + 1] - self.offsets[start])
+        return self.values[self.offsets[i] : self.offsets[i + 1]]
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+
 class TokenTable:
-    """Tokenized rows, one column per field, each sequence a compact int32 array.
+    """Tokenized rows, one column per field: sequences as ``Ragged`` columns (int32 ids,
+    int8 masks), scalars (the reference log-probs) as lists.
 
     ``table["col"]`` is a column, ``table[[i, j]]`` a dict of columns for those rows (what
     the collators take). Kept apart from ``datasets`` on purpose: its fingerprinting
     pickles whole tables on every transform, which costs time and floods worker logs.
     """
 
-    def __init__(self, columns: dict[str, list]):
-        self.columns = {
-            k: [np.asarray(v, dtype=np.int32) if isinstance(v, list) else v for v in col] for k, col in columns.items()
-        }
+    def __init__(self, columns: dict[str, list | Ragged]):
+        self.columns = {k: col if isinstance(col, Ragged) or _scalars(col) else Ragged.from_sequences(col)
+                        for k, col in columns.items()}
         lengths = {len(col) for col in self.columns.values()}
         if len(lengths) > 1:
             raise ValueError(f"columns of unequal length: { {k: len(c) for k, c in self.columns.items()} }")
@@ -66,10 +108,18 @@ class TokenTable:
             return self.columns[key]
         return {k: [col[i] for i in key] for k, col in self.columns.items()}
 
+    def rows(self, start: int, stop: int) -> "TokenTable":
+        """Rows ``start`` to ``stop`` (views, no copy)."""
+        return TokenTable({k: col[start:stop] for k, col in self.columns.items()})
+
     def with_column(self, name: str, values: list) -> "TokenTable":
         if len(values) != len(self):
             raise ValueError(f"column {name!r} has {len(values)} values for {len(self)} rows")
         return TokenTable({**self.columns, name: list(values)})
+
+
+def _scalars(col) -> bool:
+    return len(col) > 0 and not isinstance(col[0], (list, tuple, np.ndarray))
 
 
 def _require_columns(table, columns: dict[str, str], source: str) -> None:
@@ -171,11 +221,16 @@ class Split:
         return Split(self.kind, self.source, self.train.take(keep), self.held, self.counts)
 
 
+def _with_embedded_file(spec: DatasetSpec, kind: str, cache_dir: str) -> DatasetSpec:
+    if spec.source != EMBEDDED:
+        return spec
+    return spec.model_copy(update={"source": str(ensure_embedded(cache_dir) / f"{kind}.jsonl")})
+
+
 def load_split(spec: DatasetSpec, kind: str, seed: int, cache_dir: str) -> Split:
     """Load a dataset and hold out by prompt: a named ``eval_split``, or ``eval_size`` rows
     of whole prompts of the training split. Either way no held-out prompt is trained on."""
-    if spec.source == EMBEDDED:
-        spec = spec.model_copy(update={"source": str(ensure_embedded(cache_dir) / f"{kind}.jsonl")})
+    spec = _with_embedded_file(spec, kind, cache_dir)
     field = f"trial.data.{kind}"
     rows = read_rows(load_table(spec.source, spec.split), spec, kind)
     if spec.eval_split is not None:
@@ -192,24 +247,114 @@ def load_split(spec: DatasetSpec, kind: str, seed: int, cache_dir: str) -> Split
     return Split(kind, spec.source, train, held, counts)
 
 
+TABLES = ("sft_train", "sft_eval", "pref_train", "pref_eval")
+SEQUENCES = {"sft": (("input_ids", "loss_mask"),), "pref": (("chosen_ids", "chosen_mask"), ("rejected_ids", "rejected_mask"))}
+TOKENS_FORMAT = 1  # part of the token cache's key: bump it when the split or tokenize change what they produce
+
+
 def load_tokenized(data: DataSpec, tokenizer, cache_dir: str):
     """Both datasets held out by prompt — a prompt held out in one is not trained on in the
     other either (the embedded SFT and preference data share prompts) — tokenized, with
     what was dropped logged. Returns (sft_train, sft_eval, pref_train, pref_eval)."""
+    return _tokenized(data, tokenizer, cache_dir)[0]
+
+
+def _tokenized(data: DataSpec, tokenizer, cache_dir: str) -> tuple[tuple[TokenTable, ...], list[str]]:
+    """``load_tokenized``'s tables and the lines it logged (the token cache keeps them)."""
     sft = load_split(data.sft, "sft", data.seed, cache_dir)
     pref = load_split(data.pref, "pref", data.seed, cache_dir)
     sft, pref = sft.without_training_prompts(set(pref.held.prompts)), pref.without_training_prompts(set(sft.held.prompts))
-    out = []
+    out, notes = [], []
+
+    def note(line: str) -> None:
+        log.info("%s", line)
+        notes.append(line)
+
     for split in (sft, pref):
-        log.info("%s data from %s: %s", split.kind, split.source, split.counts)
+        note(f"{split.kind} data from {split.source}: {split.counts}")
         for name, rows in (("train", split.train), ("eval", split.held)):
             table, counts = tokenize(rows, split.kind, tokenizer, data.max_len)
-            log.info("%s %s data: %s", split.kind, name, counts)
+            note(f"{split.kind} {name} data: {counts}")
             if counts.rows == 0:
                 raise ConfigError(f"trial.data.max_len: no {split.kind} {name} row of {split.source} fits in "
                                   f"max_len={data.max_len} ({counts}); raise max_len or shorten the prompts")
             out.append(table)
-    return tuple(out)
+    return tuple(out), notes
+
+
+def cached_tokenized(data: DataSpec, tokenizer, cache_dir: str):
+    """``load_tokenized``'s tables, tokenized once per (data, tokenizer) into
+    ``<cache_dir>/tokens/<fingerprint>.safetensors`` and read from there by every later
+    trial process; a file that fails its checks is recomputed with a warning."""
+    key = tokens_fingerprint(data, tokenizer, cache_dir)
+    if key is None:
+        return load_tokenized(data, tokenizer, cache_dir)
+    path = Path(cache_dir) / "tokens" / f"{key}.safetensors"
+    if path.exists() and (tables := _read_tokens(path)) is not None:
+        return tables
+    tables, notes = _tokenized(data, tokenizer, cache_dir)
+    arrays = {f"{name}.{column}.{part}": getattr(table[column], part)
+              for name, table in zip(TABLES, tables) for column in table.columns for part in ("values", "offsets")}
+    write_checked(path, arrays, {"notes": json.dumps(notes), "format": str(TOKENS_FORMAT)})
+    return tables
+
+
+def _read_tokens(path: Path) -> tuple[TokenTable, ...] | None:
+    """The cached tables, if the file matches its content hash and holds every column of
+    every table with consistent offsets; None (with a warning) otherwise. The lines the
+    tokenization logged are logged again, so every trial's log says what was dropped."""
+    checked = read_checked(path, "token cache")
+    if checked is None:
+        return None
+    arrays, meta = checked
+    try:
+        tables = tuple(_table_from(arrays, name) for name in TABLES)
+        notes = json.loads(meta["notes"])
+    except (KeyError, ValueError) as e:
+        log.warning("token cache %s does not hold the token tables (%s); recomputing it", path, e)
+        return None
+    for line in notes:
+        log.info("%s", line)
+    log.info("token tables read from the token cache %s", path)
+    return tables
+
+
+def _table_from(arrays: dict[str, np.ndarray], name: str) -> TokenTable:
+    columns = {}
+    for ids, mask in SEQUENCES[name.split("_")[0]]:
+        for column in (ids, mask):
+            columns[column] = Ragged(arrays[f"{name}.{column}.values"], arrays[f"{name}.{column}.offsets"])
+        if not np.array_equal(columns[ids].offsets, columns[mask].offsets):
+            raise ValueError(f"{name}: {ids} and {mask} differ in length")
+    return TokenTable(columns)
+
+
+def tokens_fingerprint(data: DataSpec, tokenizer, cache_dir: str) -> str | None:
+    """What the token ids depend on: the data specs (sources, columns, templates, splits,
+    eval_size, max_rows, max_len, seed), the data itself, the tokenizer's full definition
+    and the libraries that apply it. None for a tokenizer that is not a fast one
+    (``encode_joint`` refuses it)."""
+    import datasets
+    import tokenizers
+
+    if not getattr(tokenizer, "is_fast", False):
+        return None
+    definition = hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()
+    key = {"format": TOKENS_FORMAT, "data": data.model_dump(mode="json"),
+           "tokenizer": [type(tokenizer).__name__, tokenizer.eos_token_id, sorted(tokenizer.all_special_ids), definition],
+           "sources": [source_identity(spec, kind, cache_dir) for kind, spec in (("sft", data.sft), ("pref", data.pref))],
+           "libraries": [tokenizers.__version__, datasets.__version__]}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def source_identity(spec: DatasetSpec, kind: str, cache_dir: str) -> str | list[str]:
+    """A local file (the embedded data too) by its bytes. A hub dataset, or a file behind a
+    URL, by ``datasets``' own fingerprint of each split read: built from the dataset's name,
+    config and the hub commit it resolved (a URL: its ETag), so a new revision is a new key."""
+    spec = _with_embedded_file(spec, kind, cache_dir)
+    if spec.is_local:
+        return f"file:{files_digest([_existing(spec.source)])}"
+    return [load_table(spec.source, split)._fingerprint for split in (spec.split, spec.eval_split) if split is not None]
 
 
 @dataclass
@@ -245,26 +390,61 @@ def encode_joint(tokenizer, prompts: list[str], responses: list[str]) -> list[tu
     return out
 
 
+TOKENIZE_ROWS = 1024  # rows per tokenizer call: its Python lists of ids and offsets (~100 bytes a token) live for one call
+
+
+class _SequenceBuilder:
+    """One response column's ids and loss masks, gathered a chunk of rows at a time into
+    flat arrays (masks vectorised from the prompt lengths)."""
+
+    def __init__(self):
+        self.ids, self.masks, self.lengths = [], [], []
+        self._flat, self._lengths, self._prompts = [], [], []
+
+    def add(self, ids: list[int], n_prompt: int) -> None:
+        self._flat.extend(ids)
+        self._lengths.append(len(ids))
+        self._prompts.append(n_prompt)
+
+    def flush(self) -> None:
+        lengths = np.asarray(self._lengths, dtype=np.int64)
+        starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+        position = np.arange(int(lengths.sum()), dtype=np.int64) - starts
+        self.ids.append(np.asarray(self._flat, dtype=np.int32))
+        self.masks.append((position >= np.repeat(np.asarray(self._prompts, dtype=np.int64), lengths)).astype(np.int8))
+        self.lengths.append(lengths)
+        self._flat, self._lengths, self._prompts = [], [], []
+
+    def columns(self) -> tuple[Ragged, Ragged]:
+        self.flush()
+        offsets = np.concatenate([[0], np.cumsum(np.concatenate(self.lengths))])
+        return Ragged(np.concatenate(self.ids), offsets), Ragged(np.concatenate(self.masks), offsets)
+
+
 def tokenize(rows: Rows, kind: str, tokenizer, max_len: int) -> tuple[TokenTable, Counts]:
     """Token ids and loss masks of every row (SFT: ``input_ids``, ``loss_mask``; pairs: the
     ``chosen_*`` and ``rejected_*`` of each). Each response ends in EOS and is cut from its
-    end to fit ``max_len``; a row whose prompt leaves no room for a response token is dropped."""
+    end to fit ``max_len``; a row whose prompt leaves no room for a response token is dropped.
+    A chunk of rows at a time, so memory follows the token table, not the tokenizer's lists."""
     eos = tokenizer.eos_token_id
-    columns = [encode_joint(tokenizer, rows.prompts, list(col)) for col in zip(*rows.responses)]
-    kept, truncated, dropped = [], 0, 0
-    for encoded in zip(*columns):
-        if any(n_prompt >= max_len for _, n_prompt in encoded):
-            dropped += 1
-            continue
-        seqs = [(ids + [eos])[:max_len] for ids, _ in encoded]
-        truncated += any(len(ids) + 1 > max_len for ids, _ in encoded)
-        kept.append([(ids, [0] * n_prompt + [1] * (len(ids) - n_prompt)) for ids, (_, n_prompt) in zip(seqs, encoded)])
-    if kind == "sft":
-        table = TokenTable({"input_ids": [s[0][0] for s in kept], "loss_mask": [s[0][1] for s in kept]})
-    else:
-        table = TokenTable({"chosen_ids": [c[0] for c, _ in kept], "chosen_mask": [c[1] for c, _ in kept],
-                            "rejected_ids": [r[0] for _, r in kept], "rejected_mask": [r[1] for _, r in kept]})
-    return table, Counts(len(table), truncated, dropped)
+    names = [("input_ids", "loss_mask")] if kind == "sft" else [("chosen_ids", "chosen_mask"), ("rejected_ids", "rejected_mask")]
+    builders = [_SequenceBuilder() for _ in names]
+    kept, truncated, dropped = 0, 0, 0
+    for start in range(0, len(rows), TOKENIZE_ROWS):
+        part = rows.take(range(start, min(start + TOKENIZE_ROWS, len(rows))))
+        columns = [encode_joint(tokenizer, part.prompts, list(col)) for col in zip(*part.responses)]
+        for encoded in zip(*columns):
+            if any(n_prompt >= max_len for _, n_prompt in encoded):
+                dropped += 1
+                continue
+            kept += 1
+            truncated += any(len(ids) + 1 > max_len for ids, _ in encoded)
+            for builder, (ids, n_prompt) in zip(builders, encoded):
+                builder.add((ids + [eos])[:max_len], n_prompt)
+        for builder in builders:
+            builder.flush()
+    table = TokenTable({name: col for builder, pair in zip(builders, names) for name, col in zip(pair, builder.columns())})
+    return table, Counts(kept, truncated, dropped)
 
 
 def _column_lists(table, cols: dict[str, str], source: str) -> dict[str, list]:

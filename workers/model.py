@@ -3,12 +3,11 @@ model; full fine-tuning or LoRA adapters via peft; and its optimizer."""
 
 from __future__ import annotations
 
-import functools
-import hashlib
 from pathlib import Path
 
 import torch
 
+from workers.cache import files_digest
 from workers.config import EMBEDDED, ConfigError, ModelSpec, TrainSpec
 from workers.embedded import ensure_embedded
 
@@ -119,17 +118,4 @@ def weights_identity(spec: ModelSpec, cache_dir: str) -> str:
     path = Path(model_path(spec, cache_dir))
     if not path.is_dir():
         return f"hub:{spec.name}@{spec.revision or 'main'}"
-    files = tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in sorted(path.glob("*.safetensors")))
-    return _hash_files(files)
-
-
-@functools.lru_cache(maxsize=8)
-def _hash_files(files: tuple[tuple[str, int, int], ...]) -> str:
-    """sha256 of the files' bytes, once per process while they are unchanged (paths, mtimes
-    and sizes are the key): a large model's weights take seconds to read."""
-    h = hashlib.sha256()
-    for name, _, _ in files:
-        with open(name, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 24), b""):
-                h.update(chunk)
-    return f"local:{h.hexdigest()}"
+    return f"local:{files_digest(sorted(path.glob('*.safetensors')))}"

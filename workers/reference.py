@@ -16,14 +16,14 @@ import json
 import logging
 import os
 import socket
-import tempfile
+import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
+from workers.cache import read_checked, write_checked
 from workers.data import collate_pairs, eval_batches
 from workers.forward import pair_logps
 from workers.precision import autocast, weights_dtype
@@ -31,20 +31,56 @@ from workers.precision import autocast, weights_dtype
 log = logging.getLogger("rightsweep.reference")
 
 
+PAIR_COLUMNS = ("chosen_ids", "rejected_ids", "chosen_mask", "rejected_mask")
+
+
 def pairs_fingerprint(weights_id: str, *datasets) -> str:
     h = hashlib.sha256(weights_id.encode())
     for ds in datasets:
-        for col in ("chosen_ids", "rejected_ids", "chosen_mask", "rejected_mask"):
-            for seq in ds[col]:
-                h.update(seq.tobytes())
-                h.update(b"|")
+        for col in PAIR_COLUMNS:
+            h.update(ds[col].values.tobytes())
+            h.update(ds[col].offsets.tobytes())
     return h.hexdigest()[:20]
 
 
+def reference_key(cfg, device) -> str:
+    """The weights and the numerics: bf16 and float32 log-probs differ by far more than
+    noise; threads and torch's kernels by bits."""
+    from workers.model import weights_identity
+
+    return (f"{weights_identity(cfg.model, cfg.cache_dir)}|{cfg.train.precision}|{torch.device(device).type}"
+            f"|threads={cfg.threads}|torch={torch.__version__}")
+
+
+class _LogLines:
+    """A file for tqdm that logs each refresh as a line: in a Ray task's log or a file, a
+    bar redrawn with carriage returns becomes one endless line."""
+
+    def write(self, text: str) -> None:
+        if text := text.strip("\r\n "):
+            log.info("%s", text)
+
+    def flush(self) -> None:
+        pass
+
+
+def progress_bar(pairs: int, label: str, show: bool):
+    """Pairs done, rate and ETA: a live bar on a terminal, a log line every 30 s elsewhere."""
+    from tqdm import tqdm
+
+    if not show:
+        return tqdm(total=pairs, disable=True)
+    if sys.stderr.isatty():
+        return tqdm(total=pairs, desc=label, unit="pair")
+    return tqdm(total=pairs, desc=label, unit="pair", file=_LogLines(), mininterval=30, ascii=True)
+
+
 @torch.no_grad()
-def compute_reference(model, dataset, batch_size: int, pad_id: int, device, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+def compute_reference(model, dataset, batch_size: int, pad_id: int, device, precision: str,
+                      bar=None) -> tuple[torch.Tensor, torch.Tensor]:
     """The base's log-probs as the policy computes its own (same precision): at step 0 the
-    DPO margin is then exactly 0 and the loss log 2."""
+    DPO margin is then exactly 0 and the loss log 2. Only the two floats a pair are kept
+    from each batch, so memory does not grow with the rows beyond them."""
     # With LoRA the reference is the base: adapters off. (Freshly initialised adapters are a
     # no-op anyway, but a resumed or pre-trained adapter is not.)
     disable = getattr(model, "disable_adapter", None)
@@ -58,34 +94,28 @@ def compute_reference(model, dataset, batch_size: int, pad_id: int, device, prec
                 c, r = pair_logps(model, {k: v.to(device) for k, v in batch.items()})
             chosen.append(c.float().cpu())
             rejected.append(r.float().cpu())
+            if bar is not None:
+                bar.update(len(c))
     model.train(was_training)
-    return torch.cat(chosen), torch.cat(rejected)
+    empty = torch.zeros(0)
+    return torch.cat(chosen) if chosen else empty, torch.cat(rejected) if rejected else empty
 
 
-def _digest(chosen: torch.Tensor, rejected: torch.Tensor) -> str:
-    h = hashlib.sha256()
-    for t in (chosen, rejected):
-        h.update(t.contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def _read_checked(path: Path, rows: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _read_reference(path: Path, rows: int) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The cached log-probs if the file holds ``rows`` of each and matches the content hash
     stored with it; None (with a warning) for anything else: a storage shared by design
     must not feed a trial values nobody computed."""
-    try:
-        with safe_open(path, framework="pt") as f:
-            meta = f.metadata() or {}
-            chosen, rejected = f.get_tensor("chosen"), f.get_tensor("rejected")
-    except Exception as e:  # unreadable, truncated, or without the two tensors
-        log.warning("reference cache %s is unreadable (%s); recomputing it", path, e)
+    checked = read_checked(path, "reference cache")
+    if checked is None:
         return None
+    arrays = checked[0]
+    if set(arrays) != {"chosen", "rejected"}:
+        log.warning("reference cache %s holds %s, not chosen and rejected; recomputing it", path, sorted(arrays))
+        return None
+    chosen, rejected = torch.from_numpy(arrays["chosen"]), torch.from_numpy(arrays["rejected"])
     if chosen.shape != (rows,) or rejected.shape != (rows,):
         log.warning("reference cache %s holds %s and %s values for %d pairs; recomputing it",
                     path, tuple(chosen.shape), tuple(rejected.shape), rows)
-        return None
-    if meta.get("sha256") != _digest(chosen, rejected):
-        log.warning("reference cache %s does not match the content hash stored with it; recomputing it", path)
         return None
     return chosen, rejected
 
@@ -93,62 +123,121 @@ def _read_checked(path: Path, rows: int) -> tuple[torch.Tensor, torch.Tensor] | 
 def cached_reference(cache_dir: str, fingerprint: str, rows: int, compute) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """(chosen, rejected, computed_now) for ``rows`` pairs. ``compute()`` runs on a cache
     miss, and when the cached file fails its shape or content-hash check."""
-    path = Path(cache_dir) / "reference" / f"{fingerprint}.safetensors"
-    if path.exists() and (cached := _read_checked(path, rows)) is not None:
+    path = reference_path(cache_dir, fingerprint)
+    if path.exists() and (cached := _read_reference(path, rows)) is not None:
         return *cached, False
     chosen, rejected = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
     chosen, rejected = chosen.contiguous(), rejected.contiguous()
-    save_file({"chosen": chosen, "rejected": rejected}, tmp, metadata={"sha256": _digest(chosen, rejected), "rows": str(rows)})
-    os.replace(tmp, path)  # atomic: a concurrent reader sees all or nothing
+    write_checked(path, {"chosen": chosen.numpy(), "rejected": rejected.numpy()}, {"rows": str(rows)})
     return chosen, rejected, True
+
+
+def reference_path(cache_dir: str, fingerprint: str) -> Path:
+    return Path(cache_dir) / "reference" / f"{fingerprint}.safetensors"
 
 
 def attach_reference(dataset, chosen: torch.Tensor, rejected: torch.Tensor):
     return dataset.with_column("ref_chosen", chosen.tolist()).with_column("ref_rejected", rejected.tolist())
 
 
-def ensure_reference(cfg, tokenizer, pref_train, pref_eval, device):
-    """Reference log-probs of the train and eval pairs, from the cache or computed now
-    with the bare base model (loaded only on a miss, freed after).
-    Returns ((train_chosen, train_rejected), (eval_chosen, eval_rejected)), computed_now."""
-    from workers.model import load_policy, weights_identity
+def shard_bounds(rows: int, batch_size: int, shards: int) -> list[tuple[int, int]]:
+    """Contiguous (start, stop) ranges of ``rows`` for ``shards`` processes, each a whole
+    number of ``batch_size`` batches (the last one's may be short), as even as that allows;
+    empty ranges left out. Each shard then runs exactly the batches a single pass runs —
+    the same rows padded to the same length — so its floats are the single pass's bits."""
+    batches = -(-rows // batch_size)
+    cuts = [round(batches * k / shards) * batch_size for k in range(shards + 1)]
+    return [(a, min(b, rows)) for a, b in zip(cuts, cuts[1:]) if a < min(b, rows)]
 
-    # bf16 and float32 log-probs differ by far more than noise; threads and torch's kernels by bits.
+
+def reference_plan(cfg, pref_train, pref_eval, device, shards: int) -> list[dict]:
+    """What ``shards`` processes compute between them: for each of the train and eval pairs
+    whose reference log-probs are not cached, contiguous ranges, one per process; [] when
+    both are cached. Plain values: they cross Ray and process boundaries."""
+    key = reference_key(cfg, device)
+    plan = [{"index": k, "shards": shards, "parts": []} for k in range(shards)]
+    for table, ds in (("train", pref_train), ("eval", pref_eval)):
+        fingerprint = pairs_fingerprint(key, ds)
+        path = reference_path(cfg.cache_dir, fingerprint)
+        if path.exists() and _read_reference(path, len(ds)) is not None:
+            continue
+        for k, (start, stop) in enumerate(shard_bounds(len(ds), cfg.train.eval_batch_size, shards)):
+            plan[k]["parts"].append({"table": table, "fingerprint": fingerprint, "rows": len(ds), "start": start, "stop": stop})
+    return [shard for shard in plan if shard["parts"]]
+
+
+def compute_shard(cfg, tokenizer, tables: dict, shard: dict, device) -> dict:
+    """One process's share of a reference pass: the log-probs of its ranges of the pairs
+    (``tables`` maps "train" and "eval" to them), with when it started and ended. Shard 0
+    shows the progress (the shards are even, so its ETA is the pass's)."""
+    from workers.model import load_policy
+
+    started = time.time()
     precision = cfg.train.precision
-    weights_id = (f"{weights_identity(cfg.model, cfg.cache_dir)}|{precision}|{torch.device(device).type}"
-                  f"|threads={cfg.threads}|torch={torch.__version__}")
-    base = None
+    base = load_policy(cfg.model, cfg.cache_dir, device, lora=False, dtype=weights_dtype(precision))
+    pairs = sum(p["stop"] - p["start"] for p in shard["parts"])
+    label = f"reference log-probs, shard {shard['index'] + 1} of {shard['shards']}"
+    parts = []
+    with progress_bar(pairs, label, show=shard["index"] == 0) as bar:
+        for p in shard["parts"]:
+            ds = tables[p["table"]].rows(p["start"], p["stop"])
+            chosen, rejected = compute_reference(base, ds, cfg.train.eval_batch_size, tokenizer.pad_token_id, device,
+                                                 precision, bar)
+            parts.append({**p, "chosen": chosen.numpy(), "rejected": rejected.numpy()})
+    return {"index": shard["index"], "parts": parts, "started": started, "finished": time.time()}
 
-    def compute(ds):
-        def run():
-            nonlocal base
-            if base is None:
-                base = load_policy(cfg.model, cfg.cache_dir, device, lora=False, dtype=weights_dtype(precision))
-            return compute_reference(base, ds, cfg.train.eval_batch_size, tokenizer.pad_token_id, device, precision)
 
-        return run
+def merge_shards(results: list[dict]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """fingerprint -> (chosen, rejected) of every set of pairs the shards covered whole, in
+    order; a set with a gap or an overlap is left out (and then computed in-process)."""
+    by_fingerprint: dict[str, list[dict]] = {}
+    for result in results:
+        for p in result["parts"]:
+            by_fingerprint.setdefault(p["fingerprint"], []).append(p)
+    merged = {}
+    for fingerprint, parts in by_fingerprint.items():
+        parts.sort(key=lambda p: p["start"])
+        starts, stops = [p["start"] for p in parts], [p["stop"] for p in parts]
+        if starts[0] != 0 or starts[1:] != stops[:-1] or stops[-1] != parts[0]["rows"]:
+            log.warning("reference shards of %s do not cover its %d pairs once; computing them here", fingerprint,
+                        parts[0]["rows"])
+            continue
+        merged[fingerprint] = (torch.from_numpy(np.concatenate([p["chosen"] for p in parts])),
+                               torch.from_numpy(np.concatenate([p["rejected"] for p in parts])))
+    return merged
 
-    out, computed, started = [], [], time.perf_counter()
-    for ds in (pref_train, pref_eval):
-        fingerprint = pairs_fingerprint(weights_id, ds)
-        chosen, rejected, now = cached_reference(cfg.cache_dir, fingerprint, len(ds), compute(ds))
+
+def ensure_reference(cfg, tokenizer, pref_train, pref_eval, device, shards: list[dict] = ()):
+    """Reference log-probs of the train and eval pairs, from the cache, from ``shards``
+    (``compute_shard``'s results of a pass over several processes: merged and cached here),
+    or else computed now in this process with the bare base model (loaded only then, once).
+    Returns ((train_chosen, train_rejected), (eval_chosen, eval_rejected)), computed_now."""
+    tables = {"train": pref_train, "eval": pref_eval}
+    merged, used = merge_shards(list(shards)), list(shards)
+    missing = [p for shard in reference_plan(cfg, pref_train, pref_eval, device, 1) for p in shard["parts"]]
+    if here := [p for p in missing if p["fingerprint"] not in merged]:
+        used.append(compute_shard(cfg, tokenizer, tables, {"index": 0, "shards": 1, "parts": here}, device))
+        merged.update(merge_shards(used[-1:]))
+    out, computed = [], []
+    for p in [{"fingerprint": pairs_fingerprint(reference_key(cfg, device), ds), "rows": len(ds)} for ds in tables.values()]:
+        chosen, rejected, now = cached_reference(cfg.cache_dir, p["fingerprint"], p["rows"], lambda: merged[p["fingerprint"]])
         out.append((chosen, rejected))
         if now:
-            computed.append(fingerprint)
-    del base
+            computed.append(p["fingerprint"])
     if computed:
-        record_pass(cfg.cache_dir, computed, len(pref_train) + len(pref_eval), time.perf_counter() - started)
+        used = [r for r in used if any(part["fingerprint"] in computed for part in r["parts"])]
+        seconds = max(r["finished"] for r in used) - min(r["started"] for r in used)
+        record_pass(cfg.cache_dir, computed, len(pref_train) + len(pref_eval), seconds, len(used))
     return tuple(out), bool(computed)
 
 
-def record_pass(cache_dir: str, fingerprints: list[str], pairs: int, seconds: float) -> None:
+def record_pass(cache_dir: str, fingerprints: list[str], pairs: int, seconds: float, processes: int) -> None:
     """One line per reference pass over the preference data, in ``reference/passes.jsonl``:
-    how a sweep shows (and the benchmarks count) that its N trials shared one pass."""
+    how a sweep shows (and the benchmarks count) that its N trials shared one pass, however
+    many processes computed it."""
     line = {"time": time.time(), "host": socket.gethostname(), "pid": os.getpid(), "fingerprints": fingerprints,
-            "pairs": pairs, "seconds": round(seconds, 3)}
+            "pairs": pairs, "seconds": round(seconds, 3), "processes": processes}
     with open(Path(cache_dir) / "reference" / "passes.jsonl", "a") as f:
         f.write(json.dumps(line) + "\n")
-    log.info("reference log-probs of %d pairs computed in %.1fs (cached for every trial)", pairs, seconds)
+    log.info("reference log-probs of %d pairs computed in %.1fs by %d process(es) (cached for every trial)",
+             pairs, seconds, processes)

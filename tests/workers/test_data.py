@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -228,3 +229,97 @@ def test_eval_batches_cover_every_row_once_across_ranks():
     collate = lambda rows: [int(x[0]) for x in rows["input_ids"]]
     seen = [x for r in range(3) for b in eval_batches(table, 2, collate, r, 3) for x in b]
     assert sorted(seen) == list(range(11))
+
+
+def _token_cache(data, tokenizer, cache_dir):
+    from workers.data import tokens_fingerprint
+
+    return Path(cache_dir) / "tokens" / f"{tokens_fingerprint(data, tokenizer, cache_dir)}.safetensors"
+
+
+def _same_tables(a, b):
+    for x, y in zip(a, b):
+        assert x.columns.keys() == y.columns.keys() and len(x) == len(y)
+        for k in x.columns:
+            assert np.array_equal(x[k].values, y[k].values) and np.array_equal(x[k].offsets, y[k].offsets), k
+
+
+def test_token_cache_miss_then_hit_with_the_same_tables_and_log_lines(cache_dir, tokenizer, caplog):
+    """The first read tokenizes and writes one compact file (flat arrays and offsets); the
+    next reads it back, the same arrays, and logs the split and truncation counts again."""
+    from workers.data import cached_tokenized
+
+    data = TrialConfig.model_validate({"cache_dir": cache_dir, "data": {"max_len": 40}}).resolved().data
+    path = _token_cache(data, tokenizer, cache_dir)
+    path.unlink(missing_ok=True)
+    with caplog.at_level("INFO", logger="rightsweep.data"):
+        first = cached_tokenized(data, tokenizer, cache_dir)
+    counted = [r.getMessage() for r in caplog.records if r.name == "rightsweep.data"]
+    assert path.exists() and len(counted) == 6 and "pref train data: " in counted[4]
+    _same_tables(first, load_tokenized(data, tokenizer, cache_dir))
+    caplog.clear()
+    with caplog.at_level("INFO", logger="rightsweep.data"):
+        again = cached_tokenized(data, tokenizer, cache_dir)
+    lines = [r.getMessage() for r in caplog.records if r.name == "rightsweep.data"]
+    assert lines[:6] == counted and "token tables read from the token cache" in lines[6]
+    _same_tables(first, again)
+    assert again[2]["chosen_ids"].values.dtype == np.int32 and again[2]["chosen_mask"].values.dtype == np.int8
+
+
+def test_token_cache_key_follows_what_the_ids_depend_on(cache_dir, tokenizer, tmp_path, shared_fixture):
+    """max_len, the template, the held-out seed and a local file's bytes each change the key;
+    a training option does not."""
+    from workers.data import tokens_fingerprint
+
+    def key(**data):
+        return tokens_fingerprint(TrialConfig.model_validate({"cache_dir": cache_dir, "data": data}).resolved().data,
+                                  tokenizer, cache_dir)
+
+    base = key()
+    assert len({base, key(max_len=100), key(seed=1), key(pref={"template": "Q: {prompt}"}),
+                key(sft={"eval_size": 32})}) == 5
+    path = tmp_path / "alpaca.json"
+    path.write_bytes(shared_fixture("alpaca_tiny.json").read_bytes())
+    before = key(sft={"source": str(path)})
+    path.write_text(path.read_text().replace("a", "b", 1))
+    assert key(sft={"source": str(path)}) != before
+
+
+def test_a_damaged_token_cache_is_recomputed_with_a_warning(cache_dir, tokenizer, caplog):
+    """A flipped byte, a truncated file, and a file with a valid hash that lacks a table are
+    each reported and tokenized again, and the rewritten file is then read as it is."""
+    from safetensors.numpy import save_file
+
+    from workers.cache import content_digest
+    from workers.data import cached_tokenized
+
+    data = TrialConfig.model_validate({"cache_dir": cache_dir, "data": {"max_len": 44}}).resolved().data
+    good = cached_tokenized(data, tokenizer, cache_dir)
+    path = _token_cache(data, tokenizer, cache_dir)
+    raw = bytearray(path.read_bytes())
+    raw[-3] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    _same_tables(cached_tokenized(data, tokenizer, cache_dir), good)
+    assert "does not match the content hash stored with it" in caplog.text
+    path.write_bytes(path.read_bytes()[:100])
+    _same_tables(cached_tokenized(data, tokenizer, cache_dir), good)
+    assert "token cache" in caplog.text and "is unreadable" in caplog.text
+    one = {"sft_train.input_ids.values": np.zeros(3, np.int32), "sft_train.input_ids.offsets": np.array([0, 3])}
+    save_file(one, path, metadata={"sha256": content_digest(one), "notes": "[]"})
+    _same_tables(cached_tokenized(data, tokenizer, cache_dir), good)
+    assert "does not hold the token tables" in caplog.text
+    caplog.clear()
+    cached_tokenized(data, tokenizer, cache_dir)
+    assert "recomputing" not in caplog.text
+
+
+def test_ragged_rows_are_views_of_one_flat_array():
+    from workers.data import Ragged
+
+    col = Ragged.from_sequences([[1, 2], [], [3, 4, 5]])
+    assert len(col) == 3 and col[2].tolist() == [3, 4, 5] and col[1].tolist() == []
+    assert np.shares_memory(col[2], col.values)
+    tail = col[1:]
+    assert len(tail) == 2 and tail.offsets.tolist() == [0, 0, 3] and [s.tolist() for s in tail] == [[], [3, 4, 5]]
+    with pytest.raises(ValueError, match="offsets do not index"):
+        Ragged(np.zeros(3, np.int32), np.array([0, 4]))
