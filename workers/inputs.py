@@ -15,7 +15,7 @@ import torch
 from workers.config import TrialConfig
 from workers.data import BatchStream, TokenTable, cached_tokenized
 from workers.model import add_lora, fused_optimizer, load_tokenizer, model_path, weights_identity
-from workers.reference import attach_reference, compute_shard, ensure_reference, reference_plan
+from workers.reference import attach_reference, compute_shard, ensure_reference, pair_sets, reference_plan
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -77,7 +77,7 @@ def plan_reference(trial: dict, shards: int) -> list[dict]:
     cfg, device = _process(trial)
     tokenizer = load_tokenizer(cfg.model, cfg.cache_dir)
     _, _, pref_train, pref_eval = cached_tokenized(cfg.data, tokenizer, cfg.cache_dir)
-    return reference_plan(cfg, pref_train, pref_eval, device, shards)
+    return reference_plan(cfg, pair_sets(cfg, {"train": pref_train, "eval": pref_eval}, device), shards)
 
 
 def reference_shard(trial: dict, shard: dict) -> dict:

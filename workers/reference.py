@@ -150,19 +150,28 @@ def shard_bounds(rows: int, batch_size: int, shards: int) -> list[tuple[int, int
     return [(a, min(b, rows)) for a, b in zip(cuts, cuts[1:]) if a < min(b, rows)]
 
 
-def reference_plan(cfg, pref_train, pref_eval, device, shards: int) -> list[dict]:
-    """What ``shards`` processes compute between them: for each of the train and eval pairs
-    whose reference log-probs are not cached, contiguous ranges, one per process; [] when
-    both are cached. Plain values: they cross Ray and process boundaries."""
+def pair_sets(cfg, tables: dict, device) -> list[dict]:
+    """Each table of pairs ("train", "eval") as the whole range of a reference pass: its
+    fingerprint (hashed once here: the ids of a hub-scale set take a while) and rows."""
     key = reference_key(cfg, device)
+    return [{"table": table, "fingerprint": pairs_fingerprint(key, ds), "rows": len(ds), "start": 0, "stop": len(ds)}
+            for table, ds in tables.items()]
+
+
+def uncached(cache_dir: str, sets: list[dict]) -> list[dict]:
+    """The sets whose cache file is missing or fails its checks."""
+    return [p for p in sets if not (path := reference_path(cache_dir, p["fingerprint"])).exists()
+            or _read_reference(path, p["rows"]) is None]
+
+
+def reference_plan(cfg, sets: list[dict], shards: int) -> list[dict]:
+    """What ``shards`` processes compute between them: each uncached set of pairs split
+    into contiguous ranges, one per process; [] when every set is cached. Plain values:
+    they cross Ray and process boundaries."""
     plan = [{"index": k, "shards": shards, "parts": []} for k in range(shards)]
-    for table, ds in (("train", pref_train), ("eval", pref_eval)):
-        fingerprint = pairs_fingerprint(key, ds)
-        path = reference_path(cfg.cache_dir, fingerprint)
-        if path.exists() and _read_reference(path, len(ds)) is not None:
-            continue
-        for k, (start, stop) in enumerate(shard_bounds(len(ds), cfg.train.eval_batch_size, shards)):
-            plan[k]["parts"].append({"table": table, "fingerprint": fingerprint, "rows": len(ds), "start": start, "stop": stop})
+    for p in uncached(cfg.cache_dir, sets):
+        for k, (start, stop) in enumerate(shard_bounds(p["rows"], cfg.train.eval_batch_size, shards)):
+            plan[k]["parts"].append({**p, "start": start, "stop": stop})
     return [shard for shard in plan if shard["parts"]]
 
 
@@ -213,13 +222,13 @@ def ensure_reference(cfg, tokenizer, pref_train, pref_eval, device, shards: list
     or else computed now in this process with the bare base model (loaded only then, once).
     Returns ((train_chosen, train_rejected), (eval_chosen, eval_rejected)), computed_now."""
     tables = {"train": pref_train, "eval": pref_eval}
+    sets = pair_sets(cfg, tables, device)
     merged, used = merge_shards(list(shards)), list(shards)
-    missing = [p for shard in reference_plan(cfg, pref_train, pref_eval, device, 1) for p in shard["parts"]]
-    if here := [p for p in missing if p["fingerprint"] not in merged]:
+    if here := [p for p in uncached(cfg.cache_dir, sets) if p["fingerprint"] not in merged]:
         used.append(compute_shard(cfg, tokenizer, tables, {"index": 0, "shards": 1, "parts": here}, device))
         merged.update(merge_shards(used[-1:]))
     out, computed = [], []
-    for p in [{"fingerprint": pairs_fingerprint(reference_key(cfg, device), ds), "rows": len(ds)} for ds in tables.values()]:
+    for p in sets:
         chosen, rejected, now = cached_reference(cfg.cache_dir, p["fingerprint"], p["rows"], lambda: merged[p["fingerprint"]])
         out.append((chosen, rejected))
         if now:

@@ -11,7 +11,7 @@ from orchestrator.trial import prepare_in_stages
 from workers.config import TrialConfig
 from workers.data import cached_tokenized
 from workers.inputs import load_inputs
-from workers.reference import compute_shard, merge_shards, pairs_fingerprint, reference_key, reference_path, shard_bounds
+from workers.reference import compute_shard, merge_shards, pair_sets, reference_path, shard_bounds
 
 
 def test_shard_bounds_are_whole_batches_covering_every_row_once():
@@ -27,14 +27,12 @@ def test_two_processes_give_the_single_pass_bits_and_record_one_pass(cache_dir, 
     """Two spawned processes, each its half of the pairs in whole eval batches, merged into
     the one cache file: equal to the last bit to one process computing them all, and
     passes.jsonl gains one line; a trial then reads the cache and adds none."""
-    cfg = TrialConfig.model_validate({"cache_dir": cache_dir, "data": {"max_len": 48},  # a key of this test alone
+    cfg = TrialConfig.model_validate({"cache_dir": cache_dir, "data": {"max_len": 20},  # truncates: ids (a key) of this test alone
                                       "train": {"eval_batch_size": 128}}).resolved()
     cpu = torch.device("cpu")
     _, _, pref_train, pref_eval = cached_tokenized(cfg.data, tokenizer, cache_dir)
     tables = {"train": pref_train, "eval": pref_eval}
-    key = reference_key(cfg, cpu)
-    whole = [{"table": t, "fingerprint": pairs_fingerprint(key, ds), "rows": len(ds), "start": 0, "stop": len(ds)}
-             for t, ds in tables.items()]
+    whole = pair_sets(cfg, tables, cpu)
     single = merge_shards([compute_shard(cfg, tokenizer, tables, {"index": 0, "shards": 1, "parts": whole}, cpu)])
 
     passes = Path(cache_dir) / "reference" / "passes.jsonl"
