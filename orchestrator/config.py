@@ -57,7 +57,8 @@ class SweepSpec(Section):
     anchors: bool = Field(
         True, description="run SFT-only and DPO-only trials first to estimate f* (skipped when trial.train gives f*)"
     )
-    max_concurrent_trials: int | None = Field(None, gt=0, description="default: as many as the cluster's resources fit")
+    max_concurrent_trials: int | None = Field(None, gt=0, description="default: as many as the cluster's "
+                                             "resources fit; on an autoscaling cluster, every trial (queued ones ask for nodes)")
     hypervolume_reference: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] | None = Field(
         None, description="(f_SFT, f_DPO) bounding the hypervolume; default 1.1 x the nadir of the trials and the "
         "initial model. Set it to compare hypervolumes of sweeps exactly"
@@ -76,7 +77,8 @@ class TrackingSpec(Section):
 class ExperimentConfig(Section):
     name: str = Field("default", description="sweep name: MLflow experiment and storage folder (letters, digits, _ . -; "
                       "not starting with a dot)")
-    storage: str = Field("results", description="folder (a shared one on a cluster) for checkpoints, results, caches")
+    storage: str = Field("results", description="folder (on a cluster, a shared file system every node mounts at the "
+                         "same path) for checkpoints, results, caches")
     trial: TrialConfig = Field(default_factory=TrialConfig)
     resources: Resources = Field(default_factory=Resources)
     sweep: SweepSpec = Field(default_factory=SweepSpec)
@@ -90,6 +92,16 @@ class ExperimentConfig(Section):
         if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", v):
             raise ValueError(f"{v!r} is not a sweep name: letters, digits, '_', '.', '-', not starting with a dot "
                              "(it names a folder below storage)")
+        return v
+
+    @field_validator("storage")
+    @classmethod
+    def _storage_is_a_folder(cls, v: str) -> str:
+        # The token and reference caches, the sweep state and the SQLite store are files read
+        # with plain paths on every node: an object store would need all of them rewritten.
+        if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", v):
+            raise ValueError(f"{v!r} is a URI; storage is a folder path: on a cluster, a shared file system every node "
+                             "mounts at the same path (cluster.yaml mounts EFS at /mnt/shared)")
         return v
 
     @model_validator(mode="after")
