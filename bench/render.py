@@ -247,10 +247,48 @@ def gpu_section(data: dict | None) -> list[str]:
     return lines + [""]
 
 
+def inputs_section(data: dict) -> list[str]:
+    """``bench.inputs``: the token cache and the reference pass over one process and two."""
+    s, tok, read = data["setup"], data["tokenize"], data["cached_read"]
+    rows = sum(tok["rows"].values())
+    one, two = data["reference"]
+    per_1k = lambda seconds, n: 1000 * seconds / n  # noqa: E731
+    peaks = lambda p: " + ".join(f"{q['peak_rss_mb']:.0f}" for q in p["per_process"])  # noqa: E731
+    above = lambda p: " + ".join(f"{q['peak_above_start_mb']:.0f}" for q in p["per_process"])  # noqa: E731
+    lines = [
+        "## 5. Hub-scale inputs: the token cache and the reference pass over processes", "",
+        f"`{data['command']}` ({data['machine']['date']}; load average {data['load_average_at_start'][0]:.2f} at its "
+        f"start): {s['rows']:,} generated preference pairs in hh's schema and {s['sft_rows']:,} SFT rows at max_len "
+        f"{s['max_len']}, the embedded tokenizer; model: {s['model']}; {s['threads_per_process']} torch thread per "
+        "process, each step in a fresh process. Peak RSS is the process's VmHWM; \"above start\" subtracts its RSS once "
+        "torch, transformers and datasets are imported.", "",
+        "| step | rows | seconds | seconds per 1k rows | peak RSS (MB) | above start (MB) |", "|---|---|---|---|---|---|",
+        f"| tokenize into the token cache (load, split by prompt, tokenize, write) | {rows:,} | {tok['seconds']:.1f} | "
+        f"{per_1k(tok['seconds'], rows):.2f} | {tok['peak_rss_mb']:.0f} | {tok['peak_above_start_mb']:.0f} |",
+        f"| a trial start reading the token cache (key, checks, arrays) | {rows:,} | {read['seconds']:.2f} | "
+        f"{per_1k(read['seconds'], rows):.3f} | {read['peak_rss_mb']:.0f} | {read['peak_above_start_mb']:.0f} |",
+    ]
+    for p in (one, two):
+        lines.append(f"| reference pass, {p['shards']} process(es) at once (wall, planning apart) | {p['pairs']:,} pairs | "
+                     f"{p['wall_s']:.1f} | {per_1k(p['wall_s'], p['pairs']):.2f} | {peaks(p)} | {above(p)} |")
+    lines += ["", f"The token cache holds {tok['pref_train_tokens']:,} preference-training tokens (chosen and rejected) "
+              f"in {tok['cache_file_mb']:.0f} MB (int32 ids, int8 masks, int64 offsets). Two processes took "
+              f"{two['wall_s'] / one['wall_s']:.3f} of one process's time for the reference pass; their log-probs are "
+              + ("**bit-identical** to one process's" if data["bit_identical"] else "**not** bit-identical to one process's")
+              + " (each shard is a whole number of eval batches, so every batch holds the same rows, padded alike). "
+              f"Planning (a fresh process reading the token cache and checking the reference cache) took "
+              f"{one['plan_s']:.1f} s and {two['plan_s']:.1f} s. Memory against rows: the one process computed all "
+              f"{one['pairs']:,} pairs and peaked at {above(one)} MB above its start, each of the two processes half of "
+              f"them and peaked at {above(two)} MB (glibc's freed blocks are handed back after every batch: "
+              "`workers/reference.py`).", ""]
+    return lines
+
+
 def main() -> None:
     paper, seeds = read_result("paper_comparison"), read_result("seeds")
     throughput, sweeps, memory = read_result("throughput"), read_result("sweeps"), read_result("memory")
-    present = [r for r in (paper, seeds, throughput, sweeps, memory) if r]
+    inputs = read_result("inputs")
+    present = [r for r in (paper, seeds, throughput, sweeps, memory, inputs) if r]
     if not present:
         raise SystemExit(f"no results in {RESULTS}: run `make bench` first")
     lines = header(present)
@@ -262,6 +300,8 @@ def main() -> None:
     if memory:
         lines += memory_section(memory)
     lines += gpu_section(read_result("gpu"))
+    if inputs:
+        lines += inputs_section(inputs)
     analysis = ROOT / "bench" / "analysis.md"
     if analysis.exists():
         lines += [analysis.read_text().rstrip(), ""]

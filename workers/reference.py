@@ -75,6 +75,16 @@ def progress_bar(pairs: int, label: str, show: bool):
     return tqdm(total=pairs, desc=label, unit="pair", file=_LogLines(), mininterval=30, ascii=True)
 
 
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None where the C library has none (musl, macOS)."""
+    import ctypes
+
+    return getattr(ctypes.CDLL(None), "malloc_trim", None)
+
+
+_TRIM = _malloc_trim() if sys.platform.startswith("linux") else None
+
+
 @torch.no_grad()
 def compute_reference(model, dataset, batch_size: int, pad_id: int, device, precision: str,
                       bar=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,6 +106,12 @@ def compute_reference(model, dataset, batch_size: int, pad_id: int, device, prec
             rejected.append(r.float().cpu())
             if bar is not None:
                 bar.update(len(c))
+            if _TRIM is not None and torch.device(device).type == "cpu":
+                # Every batch has its own padded length, so glibc's heap fills with freed blocks
+                # of sizes the next batch cannot reuse, and RSS crept up with the rows (bench.inputs,
+                # 50k pairs at max_len 512: a 2.1 GB peak; 1.2 GB, the same as for 25k, handed back).
+                del c, r
+                _TRIM(0)
     model.train(was_training)
     empty = torch.zeros(0)
     return torch.cat(chosen) if chosen else empty, torch.cat(rejected) if rejected else empty
