@@ -45,12 +45,7 @@ def intervals(tune_dir) -> list[tuple[float, float]]:
 def test_a_sweep_scales_out_to_added_nodes_and_back(autoscaling, tmp_path):
     assert autoscaling.node_count() == 1, "only the head before the sweep"
     storage = tmp_path / "storage"
-    proc = autoscaling.run(
-        [PY, "-m", "orchestrator", "sweep", "--config", "smoke", "--set", f"storage={storage}", "--set", "name=scaled",
-         "--set", "resources.custom={trainer: 1}", "--set", "sweep.schedules=[alright, maxright]"],
-        timeout=900, env={"RAY_ADDRESS": autoscaling.address},
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = autoscaling.trainer_sweep(storage, "scaled")
     # The whole grid is queued (2 anchors, then alright and maxright), not one trial at a time.
     assert "up to 4 of the 4 trials at once (every trial queued" in proc.stderr
     report = json.loads((storage / "scaled" / "report" / "pareto.json").read_text())

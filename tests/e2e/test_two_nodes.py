@@ -31,12 +31,7 @@ def two_nodes():
 
 def test_trials_run_on_the_node_with_the_resource(two_nodes, tmp_path):
     storage = tmp_path / "storage"
-    proc = two_nodes.run(
-        [PY, "-m", "orchestrator", "sweep", "--config", "smoke", "--set", f"storage={storage}", "--set", "name=twonode",
-         "--set", "resources.custom={trainer: 1}", "--set", "sweep.schedules=[alright, maxright]"],
-        timeout=900, env={"RAY_ADDRESS": two_nodes.address},
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    two_nodes.trainer_sweep(storage, "twonode")
 
     # Ray's own record of where every trial process lived.
     code = """

@@ -131,6 +131,15 @@ class Cluster:
     def run(self, args: list[str], timeout: float = 900, **kw) -> subprocess.CompletedProcess:
         return subprocess.run(args, env={**self.env, **kw.pop("env", {})}, capture_output=True, text=True, timeout=timeout, **kw)
 
+    def trainer_sweep(self, storage: Path, name: str) -> subprocess.CompletedProcess:
+        """The smoke sweep's anchors, ALRIGHT and MAXRIGHT trials (4), each asking for one
+        ``trainer`` resource, driven from here; it must succeed."""
+        proc = self.run([sys.executable, "-m", "orchestrator", "sweep", "--config", "smoke", "--set", f"storage={storage}",
+                         "--set", f"name={name}", "--set", "resources.custom={trainer: 1}",
+                         "--set", "sweep.schedules=[alright, maxright]"], timeout=900, env={"RAY_ADDRESS": self.address})
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc
+
     def _takes_jobs(self) -> bool:
         """A job runs to its end: the dashboard is up *and* the head's job agent has
         registered (on a loaded machine that takes more than the 10 s Ray's job API waits
