@@ -29,7 +29,7 @@ from ray.util.state import list_actors
 ray.init(address="auto", logging_level="ERROR")
 head = [n["NodeID"] for n in ray.nodes() if "node:__internal_head__" in n["Resources"]]
 trials = [a.node_id for a in list_actors(detail=True, limit=10000) if a.class_name.endswith("ImplicitFunc")]
-print(json.dumps({"head": head, "trials": trials}))
+print("where", json.dumps({"head": head, "trials": trials}))
 """
 
 
@@ -53,7 +53,8 @@ def test_a_sweep_scales_out_to_added_nodes_and_back(autoscaling, tmp_path):
 
     out = autoscaling.run([PY, "-c", WHERE], timeout=120, env={"RAY_ADDRESS": autoscaling.address})
     assert out.returncode == 0, out.stderr[-2000:]
-    where = json.loads(out.stdout.strip().splitlines()[-1])
+    # Autoscaler events reach this driver's stdout too, before or after the marked line.
+    where = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("where "))[len("where "):])
     assert where["trials"] and not set(where["trials"]) & set(where["head"]), where
     assert len(set(where["trials"])) >= 2, "the trials ran on at least two nodes the autoscaler added"
     spans = intervals(storage / "scaled" / "tune")
