@@ -10,7 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("workers", "orchestrator")
 PURE = ("workers.loop", "workers.losses", "workers.forward", "workers.precision", "workers.schedules", "workers.metrics",
-        "workers.estimate", "orchestrator.pareto", "orchestrator.space")
+        "workers.estimate", "workers.judges", "workers.generate", "orchestrator.pareto", "orchestrator.space")
 
 
 def test_pure_modules_import_neither_ray_nor_mlflow():

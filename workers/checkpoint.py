@@ -23,7 +23,8 @@ class Progress:
     step: int = 0
     decisions: str = ""  # one letter a step: S, D, or M (both)
     train_seconds: float = 0.0
-    eval_seconds: float = 0.0
+    eval_seconds: float = 0.0  # held-out losses and generation
+    gen_seconds: float = 0.0  # of it, generating and judging
     setup_seconds: float = 0.0  # this process's: data, model, reference cache (set again on resume)
     updates: dict = field(default_factory=lambda: {"sft": 0, "dpo": 0})
     tokens: dict = field(default_factory=lambda: {"sft": 0, "dpo": 0})

@@ -192,10 +192,27 @@ class TrainSpec(Section):
         return {}
 
 
+class BehaviourSpec(Section):
+    prompts: int = Field(64, ge=0, description="held-out prompts of each dataset generated on (greedy) at an "
+                         "evaluation; 0: no generation")
+    every: int = Field(1, gt=0, description="generate at every N-th evaluation (and at the last)")
+    max_new_tokens: int = Field(16, gt=0, le=1024)
+    batch_size: int = Field(64, gt=0, description="prompts per generate call")
+    sft_judge: Literal["exact_match", "contains"] = Field(
+        "exact_match", description="SFT accuracy: the generation is the reference answer, or contains it (normalised)")
+    pref_judge: Literal["embedded", "none"] | None = Field(
+        None, description="preference win rate: 'embedded' (the rule that wrote the embedded data), 'none'; "
+        "default: embedded for the embedded preference data, else none")
+
+    def pref_judge_for(self, data: DataSpec) -> str:
+        return self.pref_judge or (EMBEDDED if data.pref.source == EMBEDDED else "none")
+
+
 class TrialConfig(Section):
     model: ModelSpec = Field(default_factory=ModelSpec)
     data: DataSpec = Field(default_factory=DataSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
+    behaviour: BehaviourSpec = Field(default_factory=BehaviourSpec)
     threads: int | None = Field(
         None, gt=0, description="torch threads of a training process (float sums depend on it); "
         "default: resources.cpus_per_worker, at least 1"

@@ -24,6 +24,7 @@ from workers.checkpoint import Progress, checkpoint_problem, load_checkpoint, sa
 from workers.config import TrainSpec, TrialConfig
 from workers.data import BatchStream, TokenTable, collate_pairs, collate_sft, eval_batches, micro_batches
 from workers.forward import batch_logps, pair_logps
+from workers.generate import Prompts, embedded_wins, generate, held_out_prompts, sft_accuracy
 from workers.inputs import load_inputs
 from workers.losses import dpo_loss
 from workers.metrics import OBJECTIVES
@@ -58,6 +59,7 @@ class Setup:
     pref_eval: TokenTable  # with reference log-probs
     pad_id: int
     tokenizer: "PreTrainedTokenizerBase"
+    prompts: dict[str, Prompts]  # "sft", "pref" -> this rank's share of the held-out prompts generated on
 
     @property
     def stateful(self) -> dict:
@@ -169,8 +171,11 @@ def setup(cfg: TrialConfig, session: Session, resume_dir: str | None) -> Setup:
         # A different seed stream for pairs so the two orders are not correlated.
         "dpo": BatchStream(inputs.pref_train, t.batch_size, t.seed + 1, lambda r: collate_pairs(r, pad_id), rank, world),
     }
+    b = cfg.behaviour
+    prompts = {"sft": held_out_prompts(inputs.sft_eval, "input_ids", "loss_mask", inputs.tokenizer, b.prompts, rank, world),
+               "pref": held_out_prompts(inputs.pref_eval, "chosen_ids", "chosen_mask", inputs.tokenizer, b.prompts, rank, world)}
     return Setup(model, optimizer, lr_scheduler, grad_scaler(t.precision, session.device), schedule, streams,
-                 inputs.sft_eval, inputs.pref_eval, pad_id, inputs.tokenizer)
+                 inputs.sft_eval, inputs.pref_eval, pad_id, inputs.tokenizer, prompts)
 
 
 def objective_loss(name: str, model, batch: dict, beta: float) -> torch.Tensor:
@@ -299,6 +304,32 @@ def evaluate(s: Setup, t: TrainSpec, device, rank: int, world: int) -> dict[str,
             metrics.REWARD_MARGIN: margin / pairs}
 
 
+@torch.no_grad()
+def behave(s: Setup, cfg: TrialConfig, device) -> dict[str, float]:
+    """Greedy generations on the held-out prompts, judged: each rank its share, the counts
+    all-reduced. No preference win rate where no judge is set for the data."""
+    b, t = cfg.behaviour, cfg.train
+    model = unwrap(s.model)
+    was_training = model.training
+    model.eval()
+    # SFT correct, SFT prompts, preference wins, preference prompts
+    counts = torch.zeros(4, dtype=torch.float64, device=device)
+    with autocast(t.precision, device):
+        sft = generate(model, s.tokenizer, s.prompts["sft"].ids, b.batch_size, b.max_new_tokens, device)
+        counts[0], counts[1] = sum(sft_accuracy(sft, s.prompts["sft"].references, b.sft_judge)), len(sft)
+        judge = b.pref_judge_for(cfg.data)
+        if judge == "embedded":
+            pref = generate(model, s.tokenizer, s.prompts["pref"].ids, b.batch_size, b.max_new_tokens, device)
+            counts[2], counts[3] = sum(embedded_wins(pref)), len(pref)
+    all_reduce_(counts)
+    model.train(was_training)
+    correct, asked, wins, judged = counts.tolist()
+    out = {metrics.GEN_SFT_ACCURACY: correct / asked}
+    if judged:
+        out[metrics.GEN_PREF_WIN_RATE] = wins / judged
+    return out
+
+
 def decisions_digest(decisions: str) -> int:
     return int(hashlib.sha256(decisions.encode()).hexdigest()[:15], 16)
 
@@ -312,6 +343,11 @@ def report(session: Session, s: Setup, cfg: TrialConfig, progress: Progress, che
     started = time.perf_counter()
     point = {metrics.STEP: progress.step}
     point.update(evaluate(s, cfg.train, session.device, session.rank, session.world_size))
+    last = progress.step == min(cfg.train.total_steps, cfg.train.stop_after or cfg.train.total_steps)
+    if cfg.behaviour.prompts and (len(progress.trajectory) % cfg.behaviour.every == 0 or last):
+        generating = time.perf_counter()
+        point.update(behave(s, cfg, session.device))
+        progress.gen_seconds += time.perf_counter() - generating
     check_same_decisions(progress, session)
     if window is not None:
         point.update(window.means())
@@ -360,7 +396,7 @@ def counters(progress: Progress) -> dict[str, int]:
 
 def costs(progress: Progress, device: torch.device) -> dict[str, float]:
     return {metrics.TRAIN_S: progress.train_seconds, metrics.EVAL_S: progress.eval_seconds,
-            metrics.SETUP_S: progress.setup_seconds, metrics.PEAK_MEM_MB: peak_memory_mb(device)}
+            metrics.GEN_S: progress.gen_seconds, metrics.SETUP_S: progress.setup_seconds, metrics.PEAK_MEM_MB: peak_memory_mb(device)}
 
 
 def report_with_checkpoint(session: Session, s: Setup, progress: Progress, point: dict) -> None:

@@ -15,6 +15,10 @@ TRAIN_S = "time/train_s"
 EVAL_S = "time/eval_s"
 SETUP_S = "time/setup_s"
 PEAK_MEM_MB = "system/peak_mem_mb"
+# Behaviour: greedy generations on held-out prompts, judged (in [0, 1], higher is better).
+GEN_SFT_ACCURACY = "gen/sft_accuracy"
+GEN_PREF_WIN_RATE = "gen/pref_win_rate"
+GEN_S = "time/gen_s"
 
 
 def eval_loss(objective: str) -> str:
@@ -40,8 +44,8 @@ def _group(key: str) -> str:
 
 
 # What the MLflow mirror logs of a point: every group of keys above (all but the step).
-TRAJECTORY_PREFIXES = tuple(sorted({_group(k) for k in (SFT_LOSS, REWARD_MARGIN, TRAIN_S, PEAK_MEM_MB, train_loss("sft"),
-                                                         updates("sft"), tokens("sft"))}))
+TRAJECTORY_PREFIXES = tuple(sorted({_group(k) for k in (SFT_LOSS, REWARD_MARGIN, TRAIN_S, PEAK_MEM_MB, GEN_SFT_ACCURACY,
+                                                         train_loss("sft"), updates("sft"), tokens("sft"))}))
 
 
 # A sweep's own run.

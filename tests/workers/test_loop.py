@@ -13,10 +13,11 @@ from workers.reference import ensure_reference
 from workers.session import LocalSession
 
 
-def trial(cache_dir, lora=None, **train) -> TrialConfig:
+def trial(cache_dir, lora=None, behaviour=None, **train) -> TrialConfig:
     base = {"total_steps": 150, "eval_every": 50, "lr": 3e-3, "batch_size": 16}
     return TrialConfig.model_validate(
-        {"cache_dir": cache_dir, "model": {"lora": lora}, "data": {"max_len": 64}, "train": {**base, **train}}
+        {"cache_dir": cache_dir, "model": {"lora": lora}, "data": {"max_len": 64}, "train": {**base, **train},
+         "behaviour": behaviour or {}}
     ).resolved()
 
 
@@ -28,6 +29,10 @@ def test_sft_only_lowers_sft_loss(cache_dir):
     traj = run(trial(cache_dir, schedule="sequential", lam=0.0))
     assert traj[-1]["updates/dpo"] == 0 and traj[-1]["updates/sft"] == 150
     assert traj[-1]["eval/sft_loss"] < 0.5 * traj[0]["eval/sft_loss"]
+    # Behaviour: the base answers in the chosen style ("sure! 42.", never the terse answer);
+    # SFT teaches the terse answers and unlearns that style.
+    assert traj[0]["gen/sft_accuracy"] == 0 and traj[0]["gen/pref_win_rate"] > 0.9
+    assert traj[-1]["gen/sft_accuracy"] > 0.3 and traj[-1]["gen/pref_win_rate"] < 0.1
 
 
 def test_dpo_only_lowers_dpo_loss_and_learns_preferences(cache_dir):
@@ -36,6 +41,18 @@ def test_dpo_only_lowers_dpo_loss_and_learns_preferences(cache_dir):
     assert traj[0]["eval/dpo_loss"] == pytest.approx(0.6931, abs=1e-3)  # policy == reference
     assert traj[-1]["eval/dpo_loss"] < 0.5 * traj[0]["eval/dpo_loss"]
     assert traj[-1]["eval/pref_accuracy"] > 0.9
+    assert traj[-1]["gen/sft_accuracy"] < 0.05 and traj[-1]["gen/pref_win_rate"] > 0.5, "DPO keeps the chosen style"
+
+
+def test_behaviour_is_generated_every_nth_evaluation_and_at_the_last(cache_dir):
+    traj = run(trial(cache_dir, behaviour={"prompts": 8, "every": 2}, schedule="mix", total_steps=30, eval_every=10))
+    assert [p["step"] for p in traj if "gen/sft_accuracy" in p] == [0, 20, 30]
+    assert all(0 <= p["gen/pref_win_rate"] <= 1 for p in traj if "gen/pref_win_rate" in p)
+    assert 0 < traj[-1]["time/gen_s"] < traj[-1]["time/eval_s"], "generation is timed, as part of the evaluation"
+    off = run(trial(cache_dir, behaviour={"prompts": 0}, schedule="mix", total_steps=30, eval_every=10))
+    assert not any(k.startswith("gen/") for p in off for k in p)
+    assert [(p["eval/sft_loss"], p["eval/dpo_loss"]) for p in off] == [(p["eval/sft_loss"], p["eval/dpo_loss"]) for p in traj], \
+        "generating changes no loss: it draws no random numbers and leaves the model as it was"
 
 
 def test_sequential_forgets_the_first_stage(cache_dir):
