@@ -1,5 +1,5 @@
 """Behaviour judges: a generated response against what the data says it should be. Pure
-string rules; the reward-model judge (a model, not a rule) lives with the generation.
+string rules (a reward-model judge, a model rather than a rule, belongs with the generation).
 
 - SFT: ``exact_match`` (the generation is the reference answer, after ``normalise``) or
   ``contains`` (the answer appears in it), for data with short answers.
