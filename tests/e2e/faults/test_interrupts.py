@@ -93,7 +93,11 @@ def test_an_interrupted_sweep_stops_cleanly_and_resumes_without_unpickling(cache
     assert proc.wait(timeout=300) == code, log.read_text()[-3000:]
     out = log.read_text()
     assert f"rightsweep: interrupted by {signal.Signals(signum).name}:" in out and "--resume" in out
-    assert "anchors: f*" not in out and "front (*)" not in out and "Traceback" not in out
+    assert "anchors: f*" not in out and "front (*)" not in out
+    # The driver's own lines: a trial process stopped by Ray's SIGTERM may print Ray's
+    # SystemExit from inside a garbage-collector callback (seen once in CI), forwarded here.
+    driver = [line for line in out.splitlines() if not re.match(r"(\x1b\[\d+m)?\(\w+ pid=", line)]
+    assert not any("Traceback" in line for line in driver), "\n".join(driver)[-3000:]
     assert not (storage / "smoke" / "report").exists()
     _, _, all_runs = runs(storage)
     status = {r.info.run_name: r.info.status for r in all_runs}
