@@ -172,8 +172,9 @@ def setup(cfg: TrialConfig, session: Session, resume_dir: str | None) -> Setup:
         "dpo": BatchStream(inputs.pref_train, t.batch_size, t.seed + 1, lambda r: collate_pairs(r, pad_id), rank, world),
     }
     b = cfg.behaviour
+    judged = b.prompts if b.pref_judge_for(cfg.data) != "none" else 0  # no preference prompts without a judge
     prompts = {"sft": held_out_prompts(inputs.sft_eval, "input_ids", "loss_mask", inputs.tokenizer, b.prompts, rank, world),
-               "pref": held_out_prompts(inputs.pref_eval, "chosen_ids", "chosen_mask", inputs.tokenizer, b.prompts, rank, world)}
+               "pref": held_out_prompts(inputs.pref_eval, "chosen_ids", "chosen_mask", inputs.tokenizer, judged, rank, world)}
     return Setup(model, optimizer, lr_scheduler, grad_scaler(t.precision, session.device), schedule, streams,
                  inputs.sft_eval, inputs.pref_eval, pad_id, inputs.tokenizer, prompts)
 
