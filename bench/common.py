@@ -86,7 +86,8 @@ def _fit_in_this_process(raw: dict) -> dict:
     return {
         "sft_loss": last[metrics.SFT_LOSS], "dpo_loss": last[metrics.DPO_LOSS], "pref_accuracy": last[metrics.PREF_ACCURACY],
         "train_s": last[metrics.TRAIN_S], "eval_s": last[metrics.EVAL_S], "fit_wall_s": wall,
-        "peak_mem_mb": last[metrics.PEAK_MEM_MB], "setup_peak_mem_mb": first[metrics.PEAK_MEM_MB],
+        "sft_accuracy": last.get(metrics.GEN_SFT_ACCURACY), "pref_win_rate": last.get(metrics.GEN_PREF_WIN_RATE),
+        "gen_s": last[metrics.GEN_S], "peak_mem_mb": last[metrics.PEAK_MEM_MB], "setup_peak_mem_mb": first[metrics.PEAK_MEM_MB],
         "updates_sft": last[metrics.updates("sft")], "updates_dpo": last[metrics.updates("dpo")],
         "best_sft_loss": min(p[metrics.SFT_LOSS] for p in trajectory),
         "best_dpo_loss": min(p[metrics.DPO_LOSS] for p in trajectory),

@@ -42,7 +42,7 @@ class Progress:
         elapsed = time.perf_counter() - self.started
         eta = elapsed / self.done * (self.total - self.done)
         print(f"[{self.done:3d}/{self.total}] {label:<34} f_SFT {r['sft_loss']:.4f}  f_DPO {r['dpo_loss']:.4f}  "
-              f"loop {r['train_s'] + r['eval_s']:5.1f}s  peak {r['peak_mem_mb']:.0f} MB   (eta {eta / 60:.1f} min)", flush=True)
+              f"acc {r['sft_accuracy']:.2f}  win {r['pref_win_rate']:.2f}  loop {r['train_s'] + r['eval_s']:5.1f}s  peak {r['peak_mem_mb']:.0f} MB   (eta {eta / 60:.1f} min)", flush=True)
 
 
 def run(seeds: list[int], steps: int | None) -> dict:

@@ -1,7 +1,8 @@
 """Pure Pareto maths over finished trials: seed means with intervals, fronts, gaps,
 ideal distance, hypervolume.
 
-Both losses are minimised. Non-domination and hypervolume come from ``moocore``, the
+Two fronts: the loss front (both held-out losses, minimised) and the behaviour front
+(greedy generations' SFT accuracy and preference win rate, both in [0, 1], maximised). Non-domination and hypervolume come from ``moocore``, the
 t quantile from ``scipy``; what is written here is only this project's own bookkeeping.
 """
 
@@ -28,7 +29,10 @@ class TrialResult:
     sft_loss: float
     dpo_loss: float
     pref_accuracy: float = math.nan
+    sft_accuracy: float = math.nan  # gen/: the behaviour of the final model
+    pref_win_rate: float = math.nan
     runtime_s: float = math.nan  # wall time of the training loop (steps + evaluation)
+    gen_s: float = math.nan  # of it, generating and judging
     peak_mem_mb: float = math.nan
 
 
@@ -47,7 +51,10 @@ def trial_result(trial_id: str, schedule: str, lam: float, seed: int, trajectory
         trial_id=trial_id, schedule=schedule, lam=float(lam), seed=int(seed),
         sft_loss=float(last[metrics.SFT_LOSS]), dpo_loss=float(last[metrics.DPO_LOSS]),
         pref_accuracy=float(last.get(metrics.PREF_ACCURACY, math.nan)),
+        sft_accuracy=float(last.get(metrics.GEN_SFT_ACCURACY, math.nan)),
+        pref_win_rate=float(last.get(metrics.GEN_PREF_WIN_RATE, math.nan)),
         runtime_s=float(last.get(metrics.TRAIN_S, math.nan)) + float(last.get(metrics.EVAL_S, math.nan)),
+        gen_s=float(last.get(metrics.GEN_S, math.nan)),
         peak_mem_mb=float(last.get(metrics.PEAK_MEM_MB, math.nan)),
     )
 
@@ -57,6 +64,27 @@ def initial_point(trajectories: list[list[dict]]) -> tuple[float, float]:
     point; the worst of them if they differ by float noise)."""
     starts = [t[0] for t in trajectories if t and int(t[0][metrics.STEP]) == 0]
     return (max(p[metrics.SFT_LOSS] for p in starts), max(p[metrics.DPO_LOSS] for p in starts))
+
+
+def behaviour(points: list[dict]) -> tuple[float, float]:
+    """Mean (SFT accuracy, preference win rate) over the given points (NaN where none has it)."""
+    def mean(key):
+        values = [p[key] for p in points if key in p]
+        return float(np.mean(values)) if values else math.nan
+
+    return mean(metrics.GEN_SFT_ACCURACY), mean(metrics.GEN_PREF_WIN_RATE)
+
+
+def initial_behaviour(trajectories: list[list[dict]]) -> tuple[float, float]:
+    """The initial model's behaviour: the mean of the step-0 points (the same base model
+    and prompts in every trial)."""
+    return behaviour([t[0] for t in trajectories if t and int(t[0][metrics.STEP]) == 0])
+
+
+def anchor_behaviour(anchor_trials: list[tuple[str, list[dict]]]) -> dict[str, tuple[float, float]]:
+    """Per objective, the mean behaviour of the anchor trials' final models."""
+    return {k: behaviour([t[-1] for objective, t in anchor_trials if objective == k and t])
+            for k in metrics.OBJECTIVES if any(objective == k for objective, _ in anchor_trials)}
 
 
 def best_loss(objective: str, trajectory: list[dict]) -> float:
@@ -95,6 +123,25 @@ def front_mask(points) -> np.ndarray:
     if len(pts) == 0:
         return np.zeros(0, dtype=bool)
     return moocore.is_nondominated(pts, keep_weakly=True)
+
+
+def behaviour_front_mask(points) -> np.ndarray:
+    """True for (accuracy, win rate) points no other point dominates, both maximised; a
+    point with a NaN rate is on no front."""
+    pts = np.asarray(points, dtype=float).reshape(-1, 2)
+    known = ~np.isnan(pts).any(axis=1)
+    out = np.zeros(len(pts), dtype=bool)
+    if known.any():
+        out[known] = moocore.is_nondominated(pts[known], maximise=True, keep_weakly=True)
+    return out
+
+
+def behaviour_hypervolume(points) -> float:
+    """Area of [0, 1]² that (accuracy, win rate) points dominate, both maximised from the
+    reference point (0, 0): already a share, comparable between any two sweeps."""
+    pts = np.asarray(points, dtype=float).reshape(-1, 2)
+    inside = pts[~np.isnan(pts).any(axis=1) & np.all(pts > 0, axis=1)]
+    return float(moocore.hypervolume(inside, ref=[0.0, 0.0], maximise=True)) if len(inside) else 0.0
 
 
 def hypervolume(points, reference) -> float:
@@ -160,6 +207,8 @@ class Cell:
     gap_sft: Interval
     gap_dpo: Interval
     ideal_distance: Interval
+    sft_accuracy: Interval
+    pref_win_rate: Interval
     pref_accuracy: float
     runtime_s: float
     runtime_vs_sequential_pct: float
@@ -168,6 +217,7 @@ class Cell:
     # Dominated, but only within noise: its 95 % box overlaps the box of a cell whose means
     # dominate it, so the seeds do not show it is off the front. None: one seed, no box.
     not_separable: bool | None = None
+    on_behaviour_front: bool = False  # over the means of (accuracy, win rate) of every cell
 
 
 @dataclass
@@ -180,11 +230,17 @@ class Summary:
     reference_rule: str  # how the reference point was chosen, printed beside every hypervolume
     hypervolume: dict[str, float] = field(default_factory=dict)  # per schedule and "all", over cell means, normalised
     numerics: dict[str, str] = field(default_factory=dict)  # what the numbers depend on besides the config
+    behaviour_hypervolume: dict[str, float] = field(default_factory=dict)  # per schedule and "all", share of [0, 1]²
+    initial_behaviour: tuple[float, float] = (math.nan, math.nan)  # (accuracy, win rate) of the initial model
+    anchor_behaviour: dict[str, tuple[float, float]] = field(default_factory=dict)  # objective -> its anchors' mean
 
     def front(self, schedule: str | None = None) -> list[Cell]:
         if schedule is None:
             return sorted((c for c in self.cells if c.on_front), key=lambda c: c.sft_loss.mean)
         return sorted((c for c in self.cells if c.schedule == schedule and c.on_schedule_front), key=lambda c: c.sft_loss.mean)
+
+    def behaviour_front(self) -> list[Cell]:
+        return sorted((c for c in self.cells if c.on_behaviour_front), key=lambda c: c.sft_accuracy.mean)
 
     def as_records(self) -> list[dict]:
         return [asdict(r) for r in self.rows]
@@ -249,10 +305,12 @@ def _not_separable(cells: list[dict], overall: np.ndarray) -> list[bool | None]:
 
 
 def summarize(results: list[TrialResult], anchors: Anchors | None, initial_point: tuple[float, float],
-              reference: tuple[float, float] | None = None, numerics: dict[str, str] | None = None) -> Summary:
+              reference: tuple[float, float] | None = None, numerics: dict[str, str] | None = None,
+              initial_behaviour: tuple[float, float] = (math.nan, math.nan),
+              anchor_behaviour: dict[str, tuple[float, float]] | None = None) -> Summary:
     """Every trial as a row (stable order: schedule, λ, seed), and per (schedule, λ) a cell
-    of seed means with 95 % intervals; fronts and hypervolumes are over the cell means, so
-    no single seed decides them."""
+    of seed means with 95 % intervals; fronts and hypervolumes (of losses and of behaviour)
+    are over the cell means, so no single seed decides them."""
     results = sorted(results, key=lambda r: (r.schedule, r.lam, r.seed, r.trial_id))
     seq = _sequential_runtime(results)
     rows = []
@@ -268,7 +326,8 @@ def summarize(results: list[TrialResult], anchors: Anchors | None, initial_point
         runtime = float(np.mean([r.runtime_s for r in rs]))
         cells.append({
             "schedule": schedule, "lam": lam, "seeds": tuple(r.seed for r in rs),
-            **{k: interval95(getattr(r, k) for r in rs) for k in ("sft_loss", "dpo_loss", "gap_sft", "gap_dpo", "ideal_distance")},
+            **{k: interval95(getattr(r, k) for r in rs)
+               for k in ("sft_loss", "dpo_loss", "gap_sft", "gap_dpo", "ideal_distance", "sft_accuracy", "pref_win_rate")},
             "pref_accuracy": float(np.mean([r.pref_accuracy for r in rs])), "runtime_s": runtime,
             "runtime_vs_sequential_pct": _pct(runtime, seq.get(lam, math.nan)),
         })
@@ -282,8 +341,14 @@ def summarize(results: list[TrialResult], anchors: Anchors | None, initial_point
         per_schedule[idx] = front_mask(means[idx])
         hv[schedule] = normalised_hypervolume(means[idx], ref)
     hv["all"] = normalised_hypervolume(means, ref)
+    rates = np.array([[c["sft_accuracy"].mean, c["pref_win_rate"].mean] for c in cells], dtype=float).reshape(-1, 2)
+    on_behaviour = behaviour_front_mask(rates)
+    behaviour_hv = {s: behaviour_hypervolume(rates[[c["schedule"] == s for c in cells]]) for s in hv if s != "all"}
+    behaviour_hv["all"] = behaviour_hypervolume(rates)
     flags = _not_separable(cells, overall)
-    cells = [Cell(**c, on_front=bool(overall[i]), on_schedule_front=bool(per_schedule[i]), not_separable=flags[i])
-             for i, c in enumerate(cells)]
+    cells = [Cell(**c, on_front=bool(overall[i]), on_schedule_front=bool(per_schedule[i]), not_separable=flags[i],
+                  on_behaviour_front=bool(on_behaviour[i])) for i, c in enumerate(cells)]
     return Summary(rows=rows, cells=cells, anchors=anchors, initial_point=tuple(initial_point), reference_point=ref,
-                   reference_rule=rule, hypervolume=hv, numerics=dict(numerics or {}))
+                   reference_rule=rule, hypervolume=hv, numerics=dict(numerics or {}),
+                   behaviour_hypervolume=behaviour_hv if (~np.isnan(rates).any(axis=1)).any() else {},
+                   initial_behaviour=tuple(initial_behaviour), anchor_behaviour=dict(anchor_behaviour or {}))

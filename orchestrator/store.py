@@ -7,14 +7,16 @@ import logging
 from pathlib import Path
 
 from orchestrator.mirror import dedupe_steps
-from orchestrator.pareto import Anchors, Summary, finished_anchors, initial_point, summarize, trial_result
+from orchestrator.pareto import (Anchors, Summary, anchor_behaviour, finished_anchors, initial_behaviour, initial_point,
+                                 summarize, trial_result)
 from orchestrator.report import write_artifacts
 from orchestrator.space import Point
 from orchestrator.tracking import STAGE_TAG, TRIAL_TAG, Tracker
 from workers import metrics
 
 log = logging.getLogger("rightsweep.pareto")
-KEYS = (metrics.SFT_LOSS, metrics.DPO_LOSS, metrics.PREF_ACCURACY, metrics.TRAIN_S, metrics.EVAL_S, metrics.PEAK_MEM_MB)
+KEYS = (metrics.SFT_LOSS, metrics.DPO_LOSS, metrics.PREF_ACCURACY, metrics.TRAIN_S, metrics.EVAL_S, metrics.PEAK_MEM_MB,
+        metrics.GEN_S, metrics.GEN_SFT_ACCURACY, metrics.GEN_PREF_WIN_RATE)
 
 
 def run_point(params: dict, stage: str) -> Point:
@@ -40,7 +42,10 @@ def rebuild(tracker: Tracker, out_dir: Path, publish_to_parent: bool = True, fin
     trials: dict[str, tuple[Point, list[dict]]] = {}
     for run in tracker.child_runs(parent.info.run_id):
         if run.info.status == "FINISHED" and (traj := dedupe_steps(tracker.trajectory(run.info.run_id, KEYS))):
-            trials[run.data.tags[TRIAL_TAG]] = (run_point(run.data.params, run.data.tags[STAGE_TAG]), traj)
+            point = run_point(run.data.params, run.data.tags[STAGE_TAG])
+            if not point.is_anchor and (samples := tracker.samples(run.info.run_id, traj[-1][metrics.STEP])):
+                traj[-1][metrics.SAMPLES] = samples  # the report's answers of the front points
+            trials[run.data.tags[TRIAL_TAG]] = (point, traj)
     main = {label: (p, traj) for label, (p, traj) in trials.items() if not p.is_anchor}
     if not main:
         raise LookupError(f"sweep run {parent.info.run_id} has no finished trial yet")
@@ -50,8 +55,10 @@ def rebuild(tracker: Tracker, out_dir: Path, publish_to_parent: bool = True, fin
     results = [trial_result(label, p.schedule, p.lam, p.seed, traj) for label, (p, traj) in main.items()]
     reference = params.get("sweep.hypervolume_reference", "None")
     numerics = {k.removeprefix("numerics."): v for k, v in params.items() if k.startswith("numerics.")}
-    summary = summarize(results, anchors, initial_point([traj for _, traj in trials.values()]),
-                        None if reference == "None" else ast.literal_eval(reference), numerics)
+    everything = [traj for _, traj in trials.values()]
+    summary = summarize(results, anchors, initial_point(everything), None if reference == "None" else ast.literal_eval(reference),
+                        numerics, initial_behaviour(everything),
+                        anchor_behaviour([(p.objective, traj) for p, traj in trials.values() if p.is_anchor]))
     write_artifacts(summary, {label: traj for label, (_, traj) in main.items()}, out_dir)
     if publish_to_parent:
         ok = parent.info.status == "FINISHED" if finished is None else finished

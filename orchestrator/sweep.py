@@ -21,7 +21,8 @@ import yaml
 
 from orchestrator.config import ConfigError, ExperimentConfig
 from orchestrator.mirror import MlflowSync, backfill, trial_params, tune_callback
-from orchestrator.pareto import Anchors, Summary, finished_anchors, initial_point, summarize, trial_result
+from orchestrator.pareto import (Anchors, Summary, anchor_behaviour, finished_anchors, initial_behaviour, initial_point,
+                                 summarize, trial_result)
 from orchestrator.redact import redact, redact_text
 from orchestrator.report import format_table, write_artifacts
 from orchestrator import resume as stored
@@ -297,8 +298,10 @@ def build_front(cfg: ExperimentConfig, grid: Grid, given: Anchors | None, numeri
     results = [trial_result(label, p.schedule, p.lam, p.seed, traj) for label, (p, traj) in grid.finished.items() if not p.is_anchor]
     if not results:
         raise RuntimeError(f"every trial of the sweep failed: {grid.failed}")
-    return summarize(results, anchors, initial_point([traj for _, traj in grid.finished.values()]),
-                     cfg.sweep.hypervolume_reference, numerics)
+    everything = [traj for _, traj in grid.finished.values()]
+    return summarize(results, anchors, initial_point(everything), cfg.sweep.hypervolume_reference, numerics,
+                     initial_behaviour(everything), anchor_behaviour([(p.objective, traj) for p, traj in grid.finished.values()
+                                                                      if p.is_anchor]))
 
 
 def write_report(cfg: ExperimentConfig, summary: Summary, grid: Grid, tracker, parent_id: str, uri: str) -> None:

@@ -11,11 +11,13 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
 
 from orchestrator.redact import redact_text
 from workers import metrics as names
@@ -27,6 +29,12 @@ TRIAL_TAG = "rightsweep.trial_id"
 ROLE_TAG = "rightsweep.role"
 STAGE_TAG = "rightsweep.stage"
 BATCH = 900  # MLflow's log_batch takes at most 1000 metrics a call
+SAMPLES_DIR = "samples"
+
+
+def samples_file(step: int) -> str:
+    """The table artifact of one evaluation's sample generations."""
+    return f"{SAMPLES_DIR}/step_{int(step):07d}.json"
 
 
 def tracking_uri(configured: str | None, storage: str) -> str:
@@ -67,6 +75,7 @@ class Tracker:
         else:
             self.experiment_id = found.experiment_id
         self._steps: dict[str, set[int]] = {}
+        self._sample_files: dict[str, set[str]] = {}
 
     def start_parent(self, name: str, params: dict, run_id: str | None = None) -> str:
         """A new parent run, or the given one (a resumed sweep), reopened."""
@@ -106,11 +115,41 @@ class Tracker:
             self._steps[run_id] = {m.step for m in self.client.get_metric_history(run_id, names.SFT_LOSS)}
         have = self._steps[run_id]
         new = [p for p in points if int(p[names.STEP]) not in have]
+        for p in new:
+            if p.get(names.SAMPLES):
+                self.log_samples(run_id, int(p[names.STEP]), p[names.SAMPLES])
         metrics = trajectory_metrics(new)
         for i in range(0, len(metrics), BATCH):
             self.client.log_batch(run_id, metrics=metrics[i : i + BATCH])
         have.update(int(p[names.STEP]) for p in new)
         return len(new)
+
+    def log_samples(self, run_id: str, step: int, samples: list[dict]) -> None:
+        """One evaluation's sample generations as a table artifact (the run's Artifacts show
+        it as a table), once: MLflow appends to a table logged again."""
+        if run_id not in self._sample_files:
+            self._sample_files[run_id] = {f.path for f in self.client.list_artifacts(run_id, SAMPLES_DIR)}
+        path = samples_file(step)
+        if path in self._sample_files[run_id]:
+            return
+        columns = {k: [s[k] for s in samples] for k in samples[0]}
+        with warnings.catch_warnings():  # pandas 3 deprecates a dtype selection inside MLflow's log_table
+            warnings.filterwarnings("ignore", message="For backward compatibility, 'str' dtypes")
+            self.client.log_table(run_id, {"step": [step] * len(samples), **columns}, artifact_file=path)
+        self._sample_files[run_id].add(path)
+
+    def samples(self, run_id: str, step: int) -> list[dict] | None:
+        """The sample generations logged at one step, as the trial reported them."""
+        import json
+        import tempfile
+
+        try:
+            with tempfile.TemporaryDirectory() as d:
+                table = json.loads(Path(self.client.download_artifacts(run_id, samples_file(step), d)).read_text())
+        except (OSError, MlflowException):  # none logged at that step (an older run, or samples off)
+            return None
+        keys = [c for c in table["columns"] if c != "step"]
+        return [{k: row[table["columns"].index(k)] for k in keys} for row in table["data"]]
 
     def finish(self, run_id: str, ok: bool = True, status: str | None = None) -> None:
         """End a run FINISHED or FAILED (or as ``status`` says, e.g. KILLED), unless it already

@@ -198,14 +198,31 @@ class BehaviourSpec(Section):
     every: int = Field(1, gt=0, description="generate at every N-th evaluation (and at the last)")
     max_new_tokens: int = Field(16, gt=0, le=1024)
     batch_size: int = Field(64, gt=0, description="prompts per generate call")
+    samples: int = Field(4, ge=0, description="prompts of each dataset whose generations are kept as text at every "
+                         "generating evaluation (MLflow table artifacts, the report's answers of the front points)")
     sft_judge: Literal["exact_match", "contains"] = Field(
         "exact_match", description="SFT accuracy: the generation is the reference answer, or contains it (normalised)")
-    pref_judge: Literal["embedded", "none"] | None = Field(
-        None, description="preference win rate: 'embedded' (the rule that wrote the embedded data), 'none'; "
-        "default: embedded for the embedded preference data, else none")
+    pref_judge: Literal["embedded", "reward_model", "none"] | None = Field(
+        None, description="preference win rate: 'embedded' (the rule that wrote the embedded data), 'reward_model' "
+        "(reward_model scores the generation above the chosen response), 'none'; default: embedded for the embedded "
+        "preference data, else reward_model when one is set, else none")
+    reward_model: str | None = Field(None, description="an AutoModelForSequenceClassification (local folder or hub "
+                                     "name) with one output: the reward; its own tokenizer reads prompt + response")
+    harness_tasks: list[str] = Field(default_factory=list, description="lm-evaluation-harness tasks (e.g. mmlu) run "
+                                     "on the final model in the trial's process; needs the 'harness' extra")
+    harness_include: str | None = Field(None, description="a folder of task YAMLs of your own for harness_tasks")
+    harness_limit: int | None = Field(None, gt=0, description="at most this many documents per harness task")
+
+    @model_validator(mode="after")
+    def _judge_needs_model(self):
+        if self.pref_judge == "reward_model" and not self.reward_model:
+            raise ValueError("pref_judge 'reward_model' needs reward_model (a local folder or a hub name)")
+        return self
 
     def pref_judge_for(self, data: DataSpec) -> str:
-        return self.pref_judge or (EMBEDDED if data.pref.source == EMBEDDED else "none")
+        if self.pref_judge:
+            return self.pref_judge
+        return EMBEDDED if data.pref.source == EMBEDDED else "reward_model" if self.reward_model else "none"
 
 
 class TrialConfig(Section):

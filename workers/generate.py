@@ -21,19 +21,21 @@ class Prompts:
     """Held-out prompts of one table: token ids and the reference response text."""
 
     ids: list[np.ndarray]
+    texts: list[str]  # the prompts decoded (what a reward model and the samples read)
     references: list[str]
 
 
 def held_out_prompts(table, ids_col: str, mask_col: str, tokenizer, n: int, rank: int = 0, world: int = 1) -> Prompts:
     """This rank's share (every world-th) of the first ``n`` rows' prompts (ids where the
     response mask is still 0) and their reference responses, special tokens (the EOS) dropped."""
-    ids, references = [], []
+    ids, texts, references = [], [], []
     for i in range(rank, min(n, len(table)), world):
         row, mask = table[ids_col][i], table[mask_col][i]
         first = int(np.argmax(mask != 0))
         ids.append(row[:first])
+        texts.append(tokenizer.decode(row[:first], skip_special_tokens=True))
         references.append(tokenizer.decode(row[first:][mask[first:] != 0], skip_special_tokens=True))
-    return Prompts(ids, references)
+    return Prompts(ids, texts, references)
 
 
 @torch.no_grad()
@@ -63,3 +65,9 @@ def sft_accuracy(generations: list[str], references: list[str], judge: str) -> l
 
 def embedded_wins(generations: list[str]) -> list[bool]:
     return [embedded_win(g) for g in generations]
+
+
+def samples(kind: str, prompts: Prompts, generations: list[str], passed: list, n: int) -> list[dict]:
+    """The first ``n`` prompts' generations as text, with the judge's verdict."""
+    return [{"kind": kind, "prompt": prompts.texts[i], "reference": prompts.references[i], "generation": generations[i],
+             "passed": passed[i]} for i in range(min(n, len(generations)))]

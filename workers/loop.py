@@ -24,12 +24,14 @@ from workers.checkpoint import Progress, checkpoint_problem, load_checkpoint, sa
 from workers.config import TrainSpec, TrialConfig
 from workers.data import BatchStream, TokenTable, collate_pairs, collate_sft, eval_batches, micro_batches
 from workers.forward import batch_logps, pair_logps
-from workers.generate import Prompts, embedded_wins, generate, held_out_prompts, sft_accuracy
+from workers import harness
+from workers.generate import Prompts, embedded_wins, generate, held_out_prompts, samples, sft_accuracy
 from workers.inputs import load_inputs
 from workers.losses import dpo_loss
 from workers.metrics import OBJECTIVES
 from workers.model import enable_checkpointing, load_policy, make_lr_scheduler, make_optimizer
 from workers.precision import autocast, grad_scaler, weights_dtype
+from workers.reward import RewardJudge
 from workers.schedules import Plan, Schedule, make_schedule
 from workers.session import Session, all_gather_int, all_reduce_, distributed, scratch_dir
 
@@ -60,6 +62,7 @@ class Setup:
     pad_id: int
     tokenizer: "PreTrainedTokenizerBase"
     prompts: dict[str, Prompts]  # "sft", "pref" -> this rank's share of the held-out prompts generated on
+    reward: RewardJudge | None  # the preference judge, when it is a reward model
 
     @property
     def stateful(self) -> dict:
@@ -175,8 +178,12 @@ def setup(cfg: TrialConfig, session: Session, resume_dir: str | None) -> Setup:
     judged = b.prompts if b.pref_judge_for(cfg.data) != "none" else 0  # no preference prompts without a judge
     prompts = {"sft": held_out_prompts(inputs.sft_eval, "input_ids", "loss_mask", inputs.tokenizer, b.prompts, rank, world),
                "pref": held_out_prompts(inputs.pref_eval, "chosen_ids", "chosen_mask", inputs.tokenizer, judged, rank, world)}
+    judge = b.pref_judge_for(cfg.data)
+    reward = RewardJudge(b.reward_model, session.device, b.batch_size) if judged and judge == "reward_model" else None
+    if b.harness_tasks:
+        harness.check_installed()
     return Setup(model, optimizer, lr_scheduler, grad_scaler(t.precision, session.device), schedule, streams,
-                 inputs.sft_eval, inputs.pref_eval, pad_id, inputs.tokenizer, prompts)
+                 inputs.sft_eval, inputs.pref_eval, pad_id, inputs.tokenizer, prompts, reward)
 
 
 def objective_loss(name: str, model, batch: dict, beta: float) -> torch.Tensor:
@@ -275,60 +282,82 @@ def record_step(progress: Progress, losses: dict, window: Window) -> None:
         window.add(progress.step, name, loss)
 
 
+@contextlib.contextmanager
+def eval_mode(model):
+    """The bare model (unwrapped from DDP: each rank evaluates its own share) in eval mode,
+    then back in the mode it was in."""
+    model = unwrap(model)
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def evaluate(s: Setup, t: TrainSpec, device, rank: int, world: int) -> dict[str, float]:
     """Held-out losses and preference accuracy; each rank takes a share, sums are all-reduced."""
-    model = unwrap(s.model)
-    was_training = model.training
-    model.eval()
-    # nll sum, response tokens, dpo loss sum, pairs, correct pairs, reward margin sum
-    sums = torch.zeros(6, dtype=torch.float64, device=device)
-    for batch in eval_batches(s.sft_eval, t.eval_batch_size, lambda r: collate_sft(r, s.pad_id), rank, world):
-        batch = to_device(batch, device)
-        with autocast(t.precision, device):
-            logps, tokens = batch_logps(model, batch)
-        sums[0] -= logps.sum().double()
-        sums[1] += tokens.sum()
-    for batch in eval_batches(s.pref_eval, t.eval_batch_size, lambda r: collate_pairs(r, s.pad_id), rank, world):
-        batch = to_device(batch, device)
-        with autocast(t.precision, device):
-            chosen, rejected = pair_logps(model, batch)
-        losses, cr, rr = dpo_loss(chosen, rejected, batch["ref_chosen"], batch["ref_rejected"], t.beta)
-        sums[2] += losses.sum().double()
-        sums[3] += len(losses)
-        sums[4] += (cr > rr).sum()
-        sums[5] += (cr - rr).sum().double()
-    all_reduce_(sums)
-    model.train(was_training)
+    with eval_mode(s.model) as model:
+        # nll sum, response tokens, dpo loss sum, pairs, correct pairs, reward margin sum
+        sums = torch.zeros(6, dtype=torch.float64, device=device)
+        for batch in eval_batches(s.sft_eval, t.eval_batch_size, lambda r: collate_sft(r, s.pad_id), rank, world):
+            batch = to_device(batch, device)
+            with autocast(t.precision, device):
+                logps, tokens = batch_logps(model, batch)
+            sums[0] -= logps.sum().double()
+            sums[1] += tokens.sum()
+        for batch in eval_batches(s.pref_eval, t.eval_batch_size, lambda r: collate_pairs(r, s.pad_id), rank, world):
+            batch = to_device(batch, device)
+            with autocast(t.precision, device):
+                chosen, rejected = pair_logps(model, batch)
+            losses, cr, rr = dpo_loss(chosen, rejected, batch["ref_chosen"], batch["ref_rejected"], t.beta)
+            sums[2] += losses.sum().double()
+            sums[3] += len(losses)
+            sums[4] += (cr > rr).sum()
+            sums[5] += (cr - rr).sum().double()
+        all_reduce_(sums)
     nll, tokens, dpo, pairs, correct, margin = sums.tolist()
     return {metrics.SFT_LOSS: nll / tokens, metrics.DPO_LOSS: dpo / pairs, metrics.PREF_ACCURACY: correct / pairs,
             metrics.REWARD_MARGIN: margin / pairs}
 
 
 @torch.no_grad()
-def behave(s: Setup, cfg: TrialConfig, device) -> dict[str, float]:
+def behave(s: Setup, cfg: TrialConfig, device, rank: int) -> dict:
     """Greedy generations on the held-out prompts, judged: each rank its share, the counts
-    all-reduced. No preference win rate where no judge is set for the data."""
+    all-reduced; rank 0 keeps a few as text. No preference win rate where no judge is set
+    for the data."""
     b, t = cfg.behaviour, cfg.train
-    model = unwrap(s.model)
-    was_training = model.training
-    model.eval()
     # SFT correct, SFT prompts, preference wins, preference prompts
     counts = torch.zeros(4, dtype=torch.float64, device=device)
-    with autocast(t.precision, device):
+    out, kept = {}, []
+    with eval_mode(s.model) as model, autocast(t.precision, device):
         sft = generate(model, s.tokenizer, s.prompts["sft"].ids, b.batch_size, b.max_new_tokens, device)
-        counts[0], counts[1] = sum(sft_accuracy(sft, s.prompts["sft"].references, b.sft_judge)), len(sft)
+        passed = sft_accuracy(sft, s.prompts["sft"].references, b.sft_judge)
+        counts[0], counts[1] = sum(passed), len(sft)
+        kept += samples("sft", s.prompts["sft"], sft, passed, b.samples)
         judge = b.pref_judge_for(cfg.data)
-        if judge == "embedded":
-            pref = generate(model, s.tokenizer, s.prompts["pref"].ids, b.batch_size, b.max_new_tokens, device)
-            counts[2], counts[3] = sum(embedded_wins(pref)), len(pref)
+        if judge != "none":
+            p = s.prompts["pref"]
+            pref = generate(model, s.tokenizer, p.ids, b.batch_size, b.max_new_tokens, device)
+            wins = embedded_wins(pref) if judge == "embedded" else s.reward.wins(p.texts, pref, p.references)
+            counts[2], counts[3] = sum(wins), len(pref)
+            kept += samples("pref", p, pref, wins, b.samples)
     all_reduce_(counts)
-    model.train(was_training)
     correct, asked, wins, judged = counts.tolist()
-    out = {metrics.GEN_SFT_ACCURACY: correct / asked}
+    out[metrics.GEN_SFT_ACCURACY] = correct / asked
     if judged:
         out[metrics.GEN_PREF_WIN_RATE] = wins / judged
+    if rank == 0 and kept:
+        out[metrics.SAMPLES] = kept
     return out
+
+
+@torch.no_grad()
+def run_harness(s: Setup, cfg: TrialConfig, device) -> dict[str, float]:
+    """The harness tasks on the final model (rank 0's copy: every rank holds the same weights)."""
+    with eval_mode(s.model) as model, autocast(cfg.train.precision, device):
+        return harness.run(model, s.tokenizer, cfg.behaviour, device)
 
 
 def decisions_digest(decisions: str) -> int:
@@ -345,10 +374,12 @@ def report(session: Session, s: Setup, cfg: TrialConfig, progress: Progress, che
     point = {metrics.STEP: progress.step}
     point.update(evaluate(s, cfg.train, session.device, session.rank, session.world_size))
     last = progress.step == min(cfg.train.total_steps, cfg.train.stop_after or cfg.train.total_steps)
+    generating = time.perf_counter()
     if cfg.behaviour.prompts and (len(progress.trajectory) % cfg.behaviour.every == 0 or last):
-        generating = time.perf_counter()
-        point.update(behave(s, cfg, session.device))
-        progress.gen_seconds += time.perf_counter() - generating
+        point.update(behave(s, cfg, session.device, session.rank))
+    if last and cfg.behaviour.harness_tasks and session.rank == 0:
+        point.update(run_harness(s, cfg, session.device))
+    progress.gen_seconds += time.perf_counter() - generating
     check_same_decisions(progress, session)
     if window is not None:
         point.update(window.means())

@@ -19,6 +19,10 @@ PEAK_MEM_MB = "system/peak_mem_mb"
 GEN_SFT_ACCURACY = "gen/sft_accuracy"
 GEN_PREF_WIN_RATE = "gen/pref_win_rate"
 GEN_S = "time/gen_s"
+# A few of those generations, as text: [{kind, prompt, reference, generation, passed}].
+SAMPLES = "samples"
+# lm-evaluation-harness scores of the final model: harness/<task>/<metric>.
+HARNESS = "harness/"
 
 
 def eval_loss(objective: str) -> str:
@@ -45,7 +49,7 @@ def _group(key: str) -> str:
 
 # What the MLflow mirror logs of a point: every group of keys above (all but the step).
 TRAJECTORY_PREFIXES = tuple(sorted({_group(k) for k in (SFT_LOSS, REWARD_MARGIN, TRAIN_S, PEAK_MEM_MB, GEN_SFT_ACCURACY,
-                                                         train_loss("sft"), updates("sft"), tokens("sft"))}))
+                                                         train_loss("sft"), updates("sft"), tokens("sft"))} | {HARNESS}))
 
 
 # A sweep's own run.

@@ -3,8 +3,9 @@ import math
 import pytest
 
 from orchestrator.pareto import (
-    Anchors, Interval, TrialResult, anchors_from_trajectories, best_loss, finished_anchors, front_mask, gaps, hypervolume,
-    initial_point, interval95, summarize, trial_result,
+    Anchors, Interval, TrialResult, anchor_behaviour, anchors_from_trajectories, behaviour_front_mask, behaviour_hypervolume,
+    best_loss, finished_anchors, front_mask, gaps, hypervolume, initial_behaviour, initial_point, interval95, summarize,
+    trial_result,
 )
 
 LN2 = math.log(2)
@@ -133,3 +134,48 @@ def test_a_trial_result_is_its_last_point_and_the_initial_point_the_worst_start(
     other = [{"step": 0, "eval/sft_loss": 3.0000001, "eval/dpo_loss": 0.68}]
     resumed = [{"step": 20, "eval/sft_loss": 9.0, "eval/dpo_loss": 9.0}]  # no step-0 point: not a start
     assert initial_point([traj, other, resumed, []]) == (3.0000001, 0.69)
+
+
+def test_the_behaviour_front_maximises_accuracy_and_win_rate():
+    pts = [(0.9, 0.1), (0.5, 0.5), (0.4, 0.4), (0.1, 0.9), (0.5, 0.5), (math.nan, 0.99)]
+    assert behaviour_front_mask(pts).tolist() == [True, True, False, True, True, False], \
+        "(0.4, 0.4) is dominated; ties are kept; a NaN rate is on no front"
+    # From (0, 0), the staircase (0.1, 0.9) (0.5, 0.5) (0.9, 0.1): 0.1·0.9 + 0.4·0.5 + 0.4·0.1 = 0.33
+    assert behaviour_hypervolume(pts) == pytest.approx(0.33)
+    assert behaviour_hypervolume([(1.0, 1.0)]) == pytest.approx(1.0) and behaviour_hypervolume([(0.0, 1.0)]) == 0.0
+
+
+def test_summarize_builds_the_behaviour_front_over_cell_means():
+    def r(tid, schedule, lam, seed, acc, win):
+        return TrialResult(tid, schedule, lam, seed, sft_loss=1.0, dpo_loss=1.0, sft_accuracy=acc, pref_win_rate=win)
+
+    results = [r("a0", "mix", 0.5, 0, 0.8, 0.2), r("a1", "mix", 0.5, 1, 0.6, 0.4),  # mean (0.7, 0.3)
+               r("b0", "alright", 0.5, 0, 0.2, 0.9), r("c0", "sequential", 0.5, 0, 0.1, 0.1)]
+    s = summarize(results, None, initial_point=(2.0, LN2), initial_behaviour=(0.0, 1.0),
+                  anchor_behaviour={"sft": (0.95, 0.0), "dpo": (0.0, 0.8)})
+    cells = {c.schedule: c for c in s.cells}
+    assert cells["mix"].sft_accuracy.mean == pytest.approx(0.7) and cells["mix"].pref_win_rate.mean == pytest.approx(0.3)
+    assert [c.schedule for c in s.behaviour_front()] == ["alright", "mix"]
+    assert not cells["sequential"].on_behaviour_front
+    # (0.2, 0.9) and (0.7, 0.3): 0.2·0.9 + 0.5·0.3 = 0.33
+    assert s.behaviour_hypervolume["all"] == pytest.approx(0.33)
+    assert s.behaviour_hypervolume["sequential"] == pytest.approx(0.01)
+    assert s.initial_behaviour == (0.0, 1.0) and s.anchor_behaviour["sft"] == (0.95, 0.0)
+
+
+def test_without_generations_there_is_no_behaviour_front():
+    s = summarize([TrialResult("a", "mix", 0.5, 0, sft_loss=1.0, dpo_loss=1.0)], None, initial_point=(2.0, LN2))
+    assert s.behaviour_front() == [] and s.behaviour_hypervolume == {}
+
+
+def test_behaviour_of_the_initial_model_and_the_anchors_comes_from_their_points():
+    start = {"step": 0, "gen/sft_accuracy": 0.0, "gen/pref_win_rate": 1.0}
+    sft = [start, {"step": 600, "gen/sft_accuracy": 0.9, "gen/pref_win_rate": 0.0}]
+    sft2 = [start, {"step": 600, "gen/sft_accuracy": 0.7, "gen/pref_win_rate": 0.2}]
+    dpo = [start, {"step": 600, "gen/sft_accuracy": 0.0, "gen/pref_win_rate": 0.75}]
+    assert initial_behaviour([sft, dpo, [{"step": 50, "gen/sft_accuracy": 0.5}]]) == (0.0, 1.0)
+    got = anchor_behaviour([("sft", sft), ("sft", sft2), ("dpo", dpo)])
+    assert got["sft"] == pytest.approx((0.8, 0.1)) and got["dpo"] == (0.0, 0.75)
+    r = trial_result("t", "mix", 0.5, 0, [{**sft[-1], "eval/sft_loss": 0.1, "eval/dpo_loss": 5.0}])
+    assert (r.sft_accuracy, r.pref_win_rate) == (0.9, 0.0)
+    assert math.isnan(trial_result("t", "mix", 0.5, 0, [{"step": 0, "eval/sft_loss": 1, "eval/dpo_loss": 1}]).sft_accuracy)

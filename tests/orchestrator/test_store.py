@@ -81,3 +81,38 @@ def test_a_sweep_with_no_finished_main_trial_has_no_front(store, tmp_path):
     empty = store("nothing")
     with pytest.raises(LookupError, match="no sweep run"):
         rebuild(empty, tmp_path / "report")
+
+
+def test_behaviour_and_samples_come_back_from_the_store(store, tmp_path):
+    """Generation rates are metrics, samples a table artifact per evaluation, logged once
+    however often the points are mirrored; the rebuilt report shows the front's answers."""
+    def with_behaviour(points, acc, win, answer):
+        out = [dict(p, **{"gen/sft_accuracy": acc, "gen/pref_win_rate": win} if p["step"] else
+                    {"gen/sft_accuracy": 0.0, "gen/pref_win_rate": 1.0}) for p in points]  # one base model
+        out[-1]["samples"] = [{"kind": "sft", "prompt": "User: what comes after 41\nAssistant:", "reference": "42",
+                               "generation": answer, "passed": answer == "42"},
+                              {"kind": "pref", "prompt": "User: reverse cat\nAssistant:", "reference": "sure! tac.",
+                               "generation": "tac", "passed": False}]
+        return out
+
+    trials = {
+        "anchor-sft-seed0": ("sequential", 0.0, 0, "anchor", with_behaviour(traj((0, 3.0, 0.69), (10, 1.0, 2.0)), 0.9, 0.0, "42"),
+                             "FINISHED"),
+        "mix-lam0.5-seed0": ("mix", 0.5, 0, "main", with_behaviour(traj((0, 3.0, 0.69), (10, 2.0, 0.4)), 0.5, 0.5, "42"), "FINISHED"),
+        "alright-lam0.5-seed0": ("alright", 0.5, 0, "main", with_behaviour(traj((0, 3.0, 0.69), (10, 1.5, 0.6)), 0.1, 0.2, "45"),
+                                 "FINISHED"),
+    }
+    tracker, parent = sweep(store("behaviour"), {}, trials)
+    mix_run = tracker.trial_run(parent, "mix-lam0.5-seed0", "mix-lam0.5-seed0", {}, "main")
+    fresh = store("behaviour")  # another driver (a resumed sweep, `sync`): nothing of the first's memory
+    fresh.log_samples(mix_run, 10, trials["mix-lam0.5-seed0"][4][-1]["samples"])
+    assert fresh.samples(mix_run, 10) == trials["mix-lam0.5-seed0"][4][-1]["samples"], "logged once: no appended twin"
+    assert fresh.samples(mix_run, 0) is None
+    summary = rebuild(fresh, tmp_path / "report", finished=True)
+    cells = {c.schedule: c for c in summary.cells}
+    assert (cells["mix"].sft_accuracy.mean, cells["mix"].pref_win_rate.mean) == (0.5, 0.5)
+    assert [c.schedule for c in summary.behaviour_front()] == ["mix"]
+    assert summary.initial_behaviour == (0.0, 1.0)
+    assert summary.anchor_behaviour == {"sft": (0.9, 0.0)}
+    md = (tmp_path / "report" / "samples.md").read_text()
+    assert "| alright@0.5 | loss | `45` | fail |" in md and "| mix@0.5 | loss, behaviour | `42` | pass |" in md

@@ -49,6 +49,14 @@ def test_behaviour_is_generated_every_nth_evaluation_and_at_the_last(cache_dir):
     assert [p["step"] for p in traj if "gen/sft_accuracy" in p] == [0, 20, 30]
     assert all(0 <= p["gen/pref_win_rate"] <= 1 for p in traj if "gen/pref_win_rate" in p)
     assert 0 < traj[-1]["time/gen_s"] < traj[-1]["time/eval_s"], "generation is timed, as part of the evaluation"
+    # A few generations are kept as text where they were generated, with the judge's verdict.
+    assert [p["step"] for p in traj if "samples" in p] == [0, 20, 30]
+    kept = traj[-1]["samples"]
+    assert [s["kind"] for s in kept] == ["sft"] * 4 + ["pref"] * 4
+    assert all(s["prompt"].startswith("User: ") and s["prompt"].rstrip().endswith("Assistant:") for s in kept)
+    from workers.judges import embedded_win, exact_match
+    assert all(s["passed"] == (exact_match(s["generation"], s["reference"]) if s["kind"] == "sft"
+                               else embedded_win(s["generation"])) for s in kept)
     off = run(trial(cache_dir, behaviour={"prompts": 0}, schedule="mix", total_steps=30, eval_every=10))
     assert not any(k.startswith("gen/") for p in off for k in p)
     assert [(p["eval/sft_loss"], p["eval/dpo_loss"]) for p in off] == [(p["eval/sft_loss"], p["eval/dpo_loss"]) for p in traj], \
