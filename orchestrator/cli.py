@@ -91,6 +91,9 @@ def cmd_train(args) -> int:
     final = json.loads(trajectory.read_text())["points"][-1]
     print(f"final {metrics.SFT_LOSS}={final[metrics.SFT_LOSS]:.4f} {metrics.DPO_LOSS}={final[metrics.DPO_LOSS]:.4f} "
           f"pref_accuracy={final[metrics.PREF_ACCURACY]:.3f} after {final[metrics.STEP]} steps")
+    behaviour = [f"{k}={final[k]:.3f}" for k in (metrics.GEN_SFT_ACCURACY, metrics.GEN_PREF_WIN_RATE) if k in final]
+    if behaviour:
+        print("final behaviour (greedy generations on held-out prompts): " + " ".join(behaviour))
     print(f"trajectory: {trajectory}")
     print(f"model (Hugging Face format): {out_dir / 'model'}")
     return 0
@@ -130,7 +133,7 @@ def cmd_pareto(args) -> int:
         print(f"rightsweep: {name}: {e}", file=sys.stderr)
         return 1
     print(format_table(summary))
-    print(f"Pareto plot: {out / 'pareto.png'}\ntable: {out / 'pareto.csv'}")
+    print(f"Pareto plot: {out / 'pareto.png'}\ntable: {out / 'pareto.csv'}\nthe front points' answers: {out / 'samples.md'}")
     return 0
 
 

@@ -318,7 +318,7 @@ def write_report(cfg: ExperimentConfig, summary: Summary, grid: Grid, tracker, p
         log.warning("MLflow unavailable at the end of the sweep (%s: %s)", type(e).__name__, redact_text(str(e))[:300])
         where = (f"MLflow at {redact_text(uri)} is behind: once it is back, run `rightsweep sync --experiment {cfg.name}` "
                  f"(with --set storage={cfg.storage} if that is not your default)")
-    print(f"Pareto plot: {paths['png']}\ntable: {paths['csv']}\n{where}")
+    print(f"Pareto plot: {paths['png']}\ntable: {paths['csv']}\nthe front points' answers: {paths['samples']}\n{where}")
     if grid.failed:
         print(f"{len(grid.failed)} trial(s) failed: {', '.join(map(str, grid.failed))}")
 

@@ -195,6 +195,7 @@ class Tracker:
         # Metrics and a tag, not params: a front rebuilt from part of a sweep has another f* and
         # reference point than the finished sweep, and MLflow refuses to change a param.
         values = {names.hypervolume(k): v for k, v in summary.hypervolume.items()}
+        values.update({names.behaviour_hypervolume(k): v for k, v in summary.behaviour_hypervolume.items()})
         values.update({names.hypervolume_reference(k): v for k, v in zip(names.OBJECTIVES, summary.reference_point)})
         if summary.anchors is not None:
             values.update({names.f_star("sft"): summary.anchors.f_star_sft, names.f_star("dpo"): summary.anchors.f_star_dpo})

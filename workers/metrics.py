@@ -57,6 +57,10 @@ def hypervolume(schedule_or_all: str) -> str:
     return f"hypervolume/{schedule_or_all}"
 
 
+def behaviour_hypervolume(schedule_or_all: str) -> str:
+    return f"behaviour_hypervolume/{schedule_or_all}"
+
+
 def hypervolume_reference(objective: str) -> str:
     return f"hypervolume_reference/{objective}"
 

@@ -114,5 +114,6 @@ def test_behaviour_and_samples_come_back_from_the_store(store, tmp_path):
     assert [c.schedule for c in summary.behaviour_front()] == ["mix"]
     assert summary.initial_behaviour == (0.0, 1.0)
     assert summary.anchor_behaviour == {"sft": (0.9, 0.0)}
+    assert fresh.client.get_run(parent).data.metrics["behaviour_hypervolume/all"] == pytest.approx(0.25)
     md = (tmp_path / "report" / "samples.md").read_text()
     assert "| alright@0.5 | loss | `45` | fail |" in md and "| mix@0.5 | loss, behaviour | `42` | pass |" in md
