@@ -53,15 +53,20 @@ def paper_section(data: dict) -> list[str]:
         f"held-out loss of each seed's SFT-only or DPO-only anchor trial (same budget), as a sweep estimates them. Runtime is the training loop's wall time (optimizer "
         "steps plus held-out evaluation, the same evaluations for every schedule); runtime and peak memory "
         "increases are against Sequential DPO→SFT at the same λ and seed. Peak memory is the trial process's "
-        "peak RSS. Cells are mean ± std over seeds.", "",
-        "| λ | schedule | gap SFT | gap DPO | ideal distance | pref. accuracy | runtime % | peak memory % |",
-        "|---|---|---|---|---|---|---|---|",
+        "peak RSS. Behaviour is that of the final model's greedy generations on 64 held-out prompts of each dataset: "
+        "SFT accuracy (the answer, exactly; the paper's MMLU stands for this) and preference win rate (the chosen "
+        "responses' style, the rule that wrote the data; the paper judges win rate against the chosen responses). "
+        "Cells are mean ± std over seeds.", "",
+        "| λ | schedule | gap SFT | gap DPO | ideal distance | pref. accuracy | SFT accuracy (gen) | win rate (gen) "
+        "| runtime % | peak memory % |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for lam in s["lams"]:
         for sched in s["schedules"]:
             c = cells[(sched, lam)]
             lines.append(f"| {lam:g} | {stats.LABELS[sched]} | {pm(c['gap_sft'])} | {pm(c['gap_dpo'])} | "
-                         f"{pm(c['ideal_distance'])} | {pm(c['pref_accuracy'])} | {pm(c['runtime_pct'], '{:+.1f}')} | "
+                         f"{pm(c['ideal_distance'])} | {pm(c['pref_accuracy'])} | {pm(c['sft_accuracy'], '{:.2f}')} | "
+                         f"{pm(c['pref_win_rate'], '{:.2f}')} | {pm(c['runtime_pct'], '{:+.1f}')} | "
                          f"{pm(c['peak_mem_pct'], '{:+.1f}')} |")
     lines += ["", "![Loss-space fronts, ideal distance and runtime per λ](bench/results/paper_comparison.png)", "",
               "### The paper's claims, checked here", ""]
@@ -79,6 +84,15 @@ def paper_section(data: dict) -> list[str]:
               f"Hypervolume of each schedule's means, as a share of [0, {ref[0]:.3f}] × [0, {ref[1]:.3f}] "
               f"({summary.reference_rule}): "
               + ", ".join(f"{stats.LABELS.get(k, k)} {v:.3f}" for k, v in sorted(summary.hypervolume.items())) + "."]
+    if summary.behaviour_hypervolume:
+        loss_front = {(c.schedule, c.lam) for c in summary.front()}
+        lines += ["", "On the behaviour front over the same means (SFT accuracy × win rate, both maximised): "
+                  + ", ".join(f"{stats.LABELS[c.schedule]} λ={c.lam:g}" for c in summary.behaviour_front()) + "; of "
+                  "these, not on the loss front: " + (", ".join(f"{stats.LABELS[c.schedule]} λ={c.lam:g}"
+                  for c in summary.behaviour_front() if (c.schedule, c.lam) not in loss_front) or "none") + ". "
+                  "Behaviour hypervolume, share of [0, 1]² from (0, 0): "
+                  + ", ".join(f"{stats.LABELS.get(k, k)} {v:.3f}" for k, v in sorted(summary.behaviour_hypervolume.items()))
+                  + "."]
     abl = [t for t in stats.derive(data["ablation"], star) if t["schedule"] == MAXRIGHT]
     ab = stats.table(abl, keys=("k",))
     lines += ["", f"### MAXRIGHT ablation over k (λ = {s['ablation_lam']:g})", "",

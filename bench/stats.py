@@ -17,7 +17,8 @@ LABELS = {
     "seq_dpo_sft": "Sequential DPO→SFT", "seq_sft_dpo": "Sequential SFT→DPO",
     MIX: "Mix", ALRIGHT: "ALRIGHT", MAXRIGHT: "MAXRIGHT",
 }
-METRICS = ("gap_sft", "gap_dpo", "ideal_distance", "pref_accuracy", "runtime_pct", "peak_mem_pct")
+METRICS = ("gap_sft", "gap_dpo", "ideal_distance", "pref_accuracy", "sft_accuracy", "pref_win_rate", "runtime_pct",
+           "peak_mem_pct")
 
 # What the paper reports (Pythia-1B, 2 GPUs), to set our orderings against.
 PAPER_RUNTIME_PCT = {ALRIGHT: (-24.0, 2.0), MAXRIGHT: (-4.0, 11.0), MIX: (17.0, 53.0)}
@@ -66,7 +67,8 @@ def table(derived: list[dict], keys=("schedule", "lam")) -> dict[tuple, dict[str
     cells = defaultdict(list)
     for t in derived:
         cells[tuple(t[k] for k in keys)].append(t)
-    return {cell: {m: mean_std(t[m] for t in ts) for m in (*METRICS, "runtime_s")} | {"n": len(ts)}
+    # Behaviour is absent from results of runs before generation existed: NaN there.
+    return {cell: {m: mean_std(t.get(m, math.nan) for t in ts) for m in (*METRICS, "runtime_s")} | {"n": len(ts)}
             for cell, ts in sorted(cells.items())}
 
 
@@ -82,7 +84,8 @@ def front(trials: list[dict], star: tuple[float, float]) -> pareto.Summary:
     """The sweep's own summary of these trials: cells of seed means with 95 % intervals, the
     front over the means, the cells not separable from it, normalised hypervolumes."""
     results = [pareto.TrialResult(f"{t['schedule']}-{t['lam']}-{t['seed']}", t["schedule"], t["lam"], t["seed"],
-                                  t["sft_loss"], t["dpo_loss"], t["pref_accuracy"], runtime_s(t)) for t in trials]
+                                  t["sft_loss"], t["dpo_loss"], t["pref_accuracy"], t.get("sft_accuracy", math.nan),
+                                  t.get("pref_win_rate", math.nan), runtime_s(t)) for t in trials]
     initial = tuple(max(t["trajectory"][0][i] for t in trials) for i in (1, 2))
     return pareto.summarize(results, pareto.Anchors(*star), initial)
 

@@ -194,10 +194,11 @@ def write_artifacts(summary: Summary, trajectories: dict[str, list[dict]], out_d
     return paths
 
 
-def _errors(ivs: list[Interval]) -> list[list[float]]:
-    """Matplotlib's asymmetric error bars, cut at 0 (a loss is never negative); none where
-    there is no interval."""
-    return [[iv.mean - max(iv.low, 0.0) if iv.known else 0.0 for iv in ivs], [iv.high - iv.mean if iv.known else 0.0 for iv in ivs]]
+def _errors(ivs: list[Interval], top: float = math.inf) -> list[list[float]]:
+    """Matplotlib's asymmetric error bars, cut at 0 (a loss or a rate is never negative) and
+    at ``top`` (a rate is at most 1); none where there is no interval."""
+    return [[iv.mean - max(iv.low, 0.0) if iv.known else 0.0 for iv in ivs],
+            [min(iv.high, top) - iv.mean if iv.known else 0.0 for iv in ivs]]
 
 
 def plot(summary: Summary, trajectories: dict[str, list[dict]], path: Path) -> None:
@@ -277,7 +278,7 @@ def _behaviour_panel(ax, summary: Summary, trajectories: dict[str, list[dict]]) 
         ax.scatter([r.sft_accuracy for r in seeds], [r.pref_win_rate for r in seeds], color=color, s=8, alpha=0.35, zorder=2)
         cells = [c for c in summary.cells if c.schedule == schedule]
         ax.errorbar([c.sft_accuracy.mean for c in cells], [c.pref_win_rate.mean for c in cells],
-                    xerr=_errors([c.sft_accuracy for c in cells]), yerr=_errors([c.pref_win_rate for c in cells]),
+                    xerr=_errors([c.sft_accuracy for c in cells], 1.0), yerr=_errors([c.pref_win_rate for c in cells], 1.0),
                     fmt="none", ecolor=color, elinewidth=0.9, capsize=2, zorder=3)
         ax.scatter([c.sft_accuracy.mean for c in cells], [c.pref_win_rate.mean for c in cells], color=color, label=schedule,
                    s=44, zorder=4, edgecolor="white", linewidth=0.5)
