@@ -16,7 +16,7 @@ from tests.support.mlflowserver import MlflowServer
 from tests.support.planted import Planted
 from tests.support.raycluster import free_ports
 
-STEPS = [0, 100, 200, 300]
+STEPS = [0, 50, 100, 150]
 
 
 @pytest.fixture
@@ -42,8 +42,8 @@ def test_the_sweep_outlives_the_mlflow_server_and_sync_backfills_it(server, cach
     config = ["--config", "smoke", "--set", f"storage={tmp_path / 'storage'}", "--set", f"tracking.tracking_uri={server.uri}"]
     sweep = rightsweep(
         "sweep", *config, "--set", f"trial.cache_dir={cache_dir}", "--set", "sweep.schedules=[alright, mix]",
-        "--set", "sweep.lams=[0.25, 0.75]", "--set", "sweep.max_concurrent_trials=1", "--set", "trial.train.total_steps=300",
-        "--set", "trial.train.eval_every=100", "--set", "trial.train.checkpoint_every=100",
+        "--set", "sweep.lams=[0.25, 0.75]", "--set", "sweep.max_concurrent_trials=1", "--set", "trial.train.total_steps=150",
+        "--set", "trial.train.eval_every=50", "--set", "trial.train.checkpoint_every=50",
         "--set", "trial.train.f_star_sft=1.0", "--set", "trial.train.f_star_dpo=0.5",
     )
     client = MlflowClient(server.uri)
