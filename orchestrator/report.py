@@ -218,6 +218,21 @@ def plot(summary: Summary, trajectories: dict[str, list[dict]], path: Path) -> N
     plt.close(fig)
 
 
+def _seeds_and_intervals(ax, summary: Summary, schedule: str, x: str, y: str, top: float = math.inf) -> list[Cell]:
+    """One schedule's single seeds (small dots), its cells' 95 % intervals and λ labels on
+    the axes ``x``, ``y`` (fields of a row and of a cell); returns its cells."""
+    color = COLORS.get(schedule, "grey")
+    seeds = [r for r in summary.rows if r.schedule == schedule]
+    ax.scatter([getattr(r, x) for r in seeds], [getattr(r, y) for r in seeds], color=color, s=8, alpha=0.35, zorder=2)
+    cells = [c for c in summary.cells if c.schedule == schedule]
+    xs, ys = [getattr(c, x) for c in cells], [getattr(c, y) for c in cells]
+    ax.errorbar([v.mean for v in xs], [v.mean for v in ys], xerr=_errors(xs, top), yerr=_errors(ys, top),
+                fmt="none", ecolor=color, elinewidth=0.9, capsize=2, zorder=3)
+    for c, vx, vy in zip(cells, xs, ys):
+        ax.annotate(f"{c.lam:g}", (vx.mean, vy.mean), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    return cells
+
+
 def _loss_panel(ax, summary: Summary, trajectories: dict[str, list[dict]]) -> None:
     for r in summary.rows:
         traj = [p for p in trajectories.get(r.trial_id, []) if SFT_LOSS in p and DPO_LOSS in p]
@@ -226,12 +241,7 @@ def _loss_panel(ax, summary: Summary, trajectories: dict[str, list[dict]]) -> No
                     color=COLORS.get(r.schedule, "grey"), alpha=0.15, lw=0.7)
     for schedule in sorted({c.schedule for c in summary.cells}):
         color = COLORS.get(schedule, "grey")
-        seeds = [r for r in summary.rows if r.schedule == schedule]
-        ax.scatter([r.sft_loss for r in seeds], [r.dpo_loss for r in seeds], color=color, s=8, alpha=0.35, zorder=2)
-        cells = [c for c in summary.cells if c.schedule == schedule]
-        ax.errorbar([c.sft_loss.mean for c in cells], [c.dpo_loss.mean for c in cells],
-                    xerr=_errors([c.sft_loss for c in cells]), yerr=_errors([c.dpo_loss for c in cells]),
-                    fmt="none", ecolor=color, elinewidth=0.9, capsize=2, zorder=3)
+        cells = _seeds_and_intervals(ax, summary, schedule, "sft_loss", "dpo_loss")
         solid = [c for c in cells if not c.not_separable]
         ax.scatter([c.sft_loss.mean for c in solid], [c.dpo_loss.mean for c in solid], color=color, label=schedule,
                    s=44, zorder=4, edgecolor="white", linewidth=0.5)
@@ -240,8 +250,6 @@ def _loss_panel(ax, summary: Summary, trajectories: dict[str, list[dict]]) -> No
                    edgecolor=color, s=44, zorder=4, linewidth=1.2)
         front = summary.front(schedule)
         ax.plot([c.sft_loss.mean for c in front], [c.dpo_loss.mean for c in front], color=color, ls="--", lw=1.0, zorder=2)
-        for c in cells:
-            ax.annotate(f"{c.lam:g}", (c.sft_loss.mean, c.dpo_loss.mean), fontsize=7, xytext=(3, 3), textcoords="offset points")
     front = summary.front()
     ax.plot([c.sft_loss.mean for c in front], [c.dpo_loss.mean for c in front], color="black", lw=1.6,
             label="Pareto front (seed means)", zorder=2)
@@ -273,18 +281,9 @@ def _behaviour_panel(ax, summary: Summary, trajectories: dict[str, list[dict]]) 
             ax.plot([p[GEN_SFT_ACCURACY] for p in traj], [p[GEN_PREF_WIN_RATE] for p in traj],
                     color=COLORS.get(r.schedule, "grey"), alpha=0.15, lw=0.7)
     for schedule in sorted({c.schedule for c in summary.cells}):
-        color = COLORS.get(schedule, "grey")
-        seeds = [r for r in summary.rows if r.schedule == schedule]
-        ax.scatter([r.sft_accuracy for r in seeds], [r.pref_win_rate for r in seeds], color=color, s=8, alpha=0.35, zorder=2)
-        cells = [c for c in summary.cells if c.schedule == schedule]
-        ax.errorbar([c.sft_accuracy.mean for c in cells], [c.pref_win_rate.mean for c in cells],
-                    xerr=_errors([c.sft_accuracy for c in cells], 1.0), yerr=_errors([c.pref_win_rate for c in cells], 1.0),
-                    fmt="none", ecolor=color, elinewidth=0.9, capsize=2, zorder=3)
-        ax.scatter([c.sft_accuracy.mean for c in cells], [c.pref_win_rate.mean for c in cells], color=color, label=schedule,
-                   s=44, zorder=4, edgecolor="white", linewidth=0.5)
-        for c in cells:
-            ax.annotate(f"{c.lam:g}", (c.sft_accuracy.mean, c.pref_win_rate.mean), fontsize=7, xytext=(3, 3),
-                        textcoords="offset points")
+        cells = _seeds_and_intervals(ax, summary, schedule, "sft_accuracy", "pref_win_rate", top=1.0)
+        ax.scatter([c.sft_accuracy.mean for c in cells], [c.pref_win_rate.mean for c in cells],
+                   color=COLORS.get(schedule, "grey"), label=schedule, s=44, zorder=4, edgecolor="white", linewidth=0.5)
     front = summary.behaviour_front()
     ax.plot([c.sft_accuracy.mean for c in front], [c.pref_win_rate.mean for c in front], color="black", lw=1.6,
             label="behaviour front (seed means)", zorder=2)

@@ -175,10 +175,10 @@ def setup(cfg: TrialConfig, session: Session, resume_dir: str | None) -> Setup:
         "dpo": BatchStream(inputs.pref_train, t.batch_size, t.seed + 1, lambda r: collate_pairs(r, pad_id), rank, world),
     }
     b = cfg.behaviour
-    judged = b.prompts if b.pref_judge_for(cfg.data) != "none" else 0  # no preference prompts without a judge
+    judge = b.pref_judge_for(cfg.data)
+    judged = b.prompts if judge != "none" else 0  # no preference prompts without a judge
     prompts = {"sft": held_out_prompts(inputs.sft_eval, "input_ids", "loss_mask", inputs.tokenizer, b.prompts, rank, world),
                "pref": held_out_prompts(inputs.pref_eval, "chosen_ids", "chosen_mask", inputs.tokenizer, judged, rank, world)}
-    judge = b.pref_judge_for(cfg.data)
     reward = RewardJudge(b.reward_model, session.device, b.batch_size) if judged and judge == "reward_model" else None
     if b.harness_tasks:
         harness.check_installed()
