@@ -176,9 +176,9 @@ class Cluster:
                 os.killpg(p.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-        # One deadline for all: a `ray start --block` often outlives SIGTERM by far more (it
-        # waited the full 30 s in four tests' teardowns), and its whole group is killed next.
-        deadline = time.monotonic() + 10
+        # One short deadline for all: a `ray start --block` often outlives SIGTERM by far more
+        # (it waited the full 30 s in four tests' teardowns), and its whole group is killed next.
+        deadline = time.monotonic() + 3
         for p in reversed(self.procs):
             try:
                 p.wait(timeout=max(0.1, deadline - time.monotonic()))

@@ -15,8 +15,8 @@ from orchestrator.cli import main
 from tests.support.raycluster import free_ports
 
 
-def rightsweep(*args, timeout=60):
-    return subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True, timeout=timeout)
+def rightsweep(*args, timeout=60, env=None):
+    return subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def assert_refused(proc, message, ray_started=False):
@@ -182,11 +182,12 @@ INPUT_FAULTS = {
 
 
 @pytest.mark.parametrize("fault", INPUT_FAULTS)
-def test_input_faults_exit_2_before_any_trial(fault, cache_dir, tmp_path):
+def test_input_faults_exit_2_before_any_trial(fault, head, cache_dir, tmp_path):
+    """On a running cluster (one for the module: a Ray start per case is most of its time)."""
     args, message = INPUT_FAULTS[fault]
     proc = rightsweep("sweep", "--config", "smoke", "--set", f"storage={tmp_path}", "--set", f"trial.cache_dir={cache_dir}",
-                      *args, timeout=300)
-    assert_refused(proc, message, ray_started=True)
+                      *args, timeout=300, env={**head.env, "RAY_ADDRESS": head.address})
+    assert_refused(proc, message)
     assert not (tmp_path / "smoke" / "tune").exists(), "no trial started"
 
 
@@ -244,7 +245,7 @@ def test_a_hub_dataset_that_is_not_here_needs_network_or_a_local_file(tmp_path, 
     assert_refused(proc, "trial.data.pref.source: hub dataset 'Dahoas/rm-hh-rlhf' is not in the Hugging Face cache and the hub cannot be reached")
 
 
-def test_a_tracking_uri_with_a_bogus_scheme(tmp_path):
-    proc = rightsweep("sweep", "--config", "smoke", "--set", f"storage={tmp_path}", "--set", "tracking.tracking_uri=bogus://nowhere",
-                      timeout=300)
+def test_a_tracking_uri_with_a_bogus_scheme(cache_dir, tmp_path):
+    proc = rightsweep("sweep", "--config", "smoke", "--set", f"storage={tmp_path}", "--set", f"trial.cache_dir={cache_dir}",
+                      "--set", "tracking.tracking_uri=bogus://nowhere", timeout=300)
     assert_refused(proc, "tracking.tracking_uri: MLflow at bogus://nowhere cannot be used", ray_started=True)

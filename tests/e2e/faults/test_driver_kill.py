@@ -60,7 +60,9 @@ def test_interrupted_sweep_builds_front_from_finished_trials(head, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     children = client.search_runs([exp.experiment_id], filter_string="tags.`rightsweep.role` = 'trial'")
     ids = [r.data.tags["rightsweep.trial_id"] for r in children]
-    assert len(ids) == len(set(ids)) == 14 and all(r.info.status == "FINISHED" for r in children)
+    assert len(ids) == len(set(ids)) == 14
+    assert all(r.info.status == "FINISHED" for r in children), ([(i, r.info.status) for i, r in zip(ids, children)],
+                                                                proc.stdout[-3000:] + proc.stderr[-3000:])
     assert {i: r.info.end_time for i, r in zip(ids, children) if i in done_before} == done_before
     for r in children:
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "eval/sft_loss")]

@@ -41,8 +41,8 @@ def rightsweep(*args, **kw):
 def test_the_sweep_outlives_the_mlflow_server_and_sync_backfills_it(server, cache_dir, tmp_path):
     config = ["--config", "smoke", "--set", f"storage={tmp_path / 'storage'}", "--set", f"tracking.tracking_uri={server.uri}"]
     sweep = rightsweep(
-        "sweep", *config, "--set", f"trial.cache_dir={cache_dir}", "--set", "sweep.schedules=[alright, mix]",
-        "--set", "sweep.lams=[0.25, 0.75]", "--set", "sweep.max_concurrent_trials=1", "--set", "trial.train.total_steps=150",
+        "sweep", *config, "--set", f"trial.cache_dir={cache_dir}", "--set", "sweep.schedules=[mix]",
+        "--set", "sweep.lams=[0.25, 0.5, 0.75]", "--set", "sweep.max_concurrent_trials=1", "--set", "trial.train.total_steps=150",
         "--set", "trial.train.eval_every=50", "--set", "trial.train.checkpoint_every=50",
         "--set", "trial.train.f_star_sft=1.0", "--set", "trial.train.f_star_dpo=0.5",
     )
@@ -52,19 +52,19 @@ def test_the_sweep_outlives_the_mlflow_server_and_sync_backfills_it(server, cach
         exp = client.get_experiment_by_name("smoke")
         if exp and any(r.info.status == "FINISHED" for r in trial_runs(client)):
             break
-        time.sleep(0.1)
+        time.sleep(0.5)  # each poll is work for the server on a 2-core machine
     server.stop(signal.SIGKILL)  # one trial is in MLflow; the rest of the sweep runs without it
     out, err = sweep.communicate(timeout=600)
     assert sweep.returncode == 0, err[-4000:]
     assert "MLflow unavailable" in err
     assert "run `rightsweep sync --experiment smoke`" in out
-    assert len((tmp_path / "storage" / "smoke" / "report" / "pareto.csv").read_text().splitlines()) == 1 + 4
+    assert len((tmp_path / "storage" / "smoke" / "report" / "pareto.csv").read_text().splitlines()) == 1 + 3
 
     server.start()  # same store, same port
     before = trial_runs(client)
     complete = [r for r in before if r.info.status == "FINISHED"
                 and [m.step for m in client.get_metric_history(r.info.run_id, "eval/sft_loss")] == STEPS]
-    assert 1 <= len(complete) < 4, "the outage left MLflow behind"
+    assert 1 <= len(complete) < 3, "the outage left MLflow behind"
 
     # `sync` reads what trials left on shared storage: a pickle planted in Tune's state must not run.
     marker = tmp_path / "pwned"
@@ -73,9 +73,9 @@ def test_the_sweep_outlives_the_mlflow_server_and_sync_backfills_it(server, cach
     out, err = sync.communicate(timeout=300)
     assert not marker.exists()
     assert sync.returncode == 0, err[-4000:]
-    assert "MLflow has the 4 trial run(s) of sweep 'smoke'" in out
+    assert "MLflow has the 3 trial run(s) of sweep 'smoke'" in out
     runs = trial_runs(client)
-    assert len(runs) == 4 and len({r.data.tags["rightsweep.trial_id"] for r in runs}) == 4
+    assert len(runs) == 3 and len({r.data.tags["rightsweep.trial_id"] for r in runs}) == 3
     assert {r.info.run_id for r in complete} <= {r.info.run_id for r in runs}, "runs already there were reused"
     for r in runs:
         assert r.info.status == "FINISHED"
@@ -86,6 +86,6 @@ def test_the_sweep_outlives_the_mlflow_server_and_sync_backfills_it(server, cach
     again = rightsweep("sync", *config, "--experiment", "smoke")
     out, _ = again.communicate(timeout=300)
     assert again.returncode == 0 and "0 missing point(s) copied" in out
-    assert len(trial_runs(client)) == 4
+    assert len(trial_runs(client)) == 3
     for r in runs:
         assert len(client.get_metric_history(r.info.run_id, "eval/sft_loss")) == len(STEPS)
