@@ -14,7 +14,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from workers.config import ConfigError, Section, TrainSpec, TrialConfig  # noqa: F401 (ConfigError: re-exported)
-from workers.schedules import ALRIGHT, MAXRIGHT, SCHEDULES
+from workers.schedules import ALRIGHT, MAXRIGHT, SCHEDULES, SEQUENTIAL
 
 PRESETS = Path(__file__).parent / "configs"
 
@@ -50,7 +50,25 @@ Schedule = Literal[SCHEDULES]
 Lam = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
+class EarlyStop(Section):
+    grace: int | None = Field(None, ge=0, description="optimizer steps before any stop; default a quarter of "
+                              "trial.train.total_steps")
+    epsilon: float = Field(0.02, ge=0, description="a trial is beaten when another has both losses lower by 1+epsilon")
+    patience: int = Field(2, ge=1, description="evaluations beaten in a row before the trial (and its cell) stops")
+    protect: list[Schedule] = Field([SEQUENTIAL], description="schedules never stopped (Sequential: its trajectory "
+                                    "is phase-shaped); anchors never are")
+
+
 class SweepSpec(Section):
+    search: Literal["grid", "adaptive"] = Field(
+        "grid", description="grid: every schedule × lams cell; adaptive: lams is the coarse start, then each next "
+        "(schedule, λ) goes where the front has its largest gap, up to budget cells")
+    budget: int | None = Field(None, gt=0, description="adaptive: (schedule, λ) cells in all, the coarse grid's "
+                               "included, each run with every seed; default twice the coarse grid")
+    min_width: float = Field(0.1, gt=0, lt=0.5, description="adaptive: no new λ closer than this to one already run "
+                             "(below ~0.1 the seeds' spread is as large as the step between neighbours)")
+    early_stop: EarlyStop | None = Field(None, description="stop trials another trial beats in both losses at the same "
+                                         "step (e.g. {} for the defaults); off by default")
     schedules: list[Schedule] = Field(list(SCHEDULES), min_length=1)
     lams: list[Lam] = Field([0.25, 0.5, 0.75], min_length=1, description="λ grid, each in [0, 1]")
     seeds: list[int] = Field([0, 1, 2], min_length=1, description="every cell runs each seed; fronts are over seed means")
@@ -126,6 +144,31 @@ class ExperimentConfig(Section):
             except ValidationError as e:
                 raise ValueError("\n".join(f"{where}.{line}" for line in format_validation_error(e).splitlines())) from None
         return self
+
+    @model_validator(mode="after")
+    def _budget_holds_the_coarse_grid(self) -> "ExperimentConfig":
+        s = self.sweep
+        coarse = len(s.schedules) * len(s.lams)
+        if s.budget is not None and s.search == "grid":
+            raise ValueError("sweep.budget: only the adaptive search has a budget (sweep.search: adaptive); a grid runs "
+                             "every cell")
+        if s.budget is not None and s.budget < coarse:
+            raise ValueError(f"sweep.budget: {s.budget} cells cannot hold the coarse grid of {coarse} "
+                             f"({len(s.schedules)} schedules × {len(s.lams)} lams)")
+        return self
+
+    @property
+    def cell_budget(self) -> int:
+        """Main cells the sweep may run: the grid's, or the adaptive search's budget."""
+        coarse = len(self.sweep.schedules) * len(self.sweep.lams)
+        if self.sweep.search == "grid":
+            return coarse
+        return self.sweep.budget or 2 * coarse
+
+    @property
+    def grace(self) -> int:
+        stop = self.sweep.early_stop
+        return stop.grace if stop is not None and stop.grace is not None else self.trial.train.total_steps // 4
 
     @property
     def anchors_given(self) -> bool:

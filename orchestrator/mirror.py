@@ -17,7 +17,7 @@ from typing import Callable
 
 from orchestrator.config import ExperimentConfig
 from orchestrator.redact import redact
-from orchestrator.space import Point, sweep_points
+from orchestrator.space import Point
 from workers.metrics import STEP
 
 log = logging.getLogger("rightsweep.mirror")
@@ -26,6 +26,8 @@ _URIS: dict[tuple[str, str], str] = {}  # (experiment, storage) -> tracking URI,
 
 
 def trial_params(cfg: ExperimentConfig, point: Point) -> dict:
+    """What a trial's MLflow run shows as params (``cfg`` without its tracking URI: Tune
+    pickles the mirror, and the URI may hold a password)."""
     t = cfg.trial.train.model_copy(update=cfg.sweep.per_schedule.get(point.schedule, {}))
     m, d = cfg.trial.model, cfg.trial.data
     return redact({
@@ -34,6 +36,12 @@ def trial_params(cfg: ExperimentConfig, point: Point) -> dict:
         "batch_size": t.batch_size, "model": m.name, "lora": m.lora.model_dump_json() if m.lora else "none",
         "sft_data": d.sft.source, "pref_data": d.pref.source, "num_workers": cfg.resources.num_workers,
     })
+
+
+def stop_tags(stop: dict) -> dict:
+    """A trial the early stopping ended: its run ends FINISHED, at the step these tags name,
+    and is on no front."""
+    return {"rightsweep.stopped_at_step": stop["step"], "rightsweep.stopped_by": stop["by"]}
 
 
 def dedupe_steps(points: list[dict]) -> list[dict]:
@@ -52,11 +60,11 @@ class MlflowSync:
     Holds only plain values, so Tune can pickle it with the experiment state.
     """
 
-    def __init__(self, uri: str, experiment: str, storage: str, parent_id: str, params: dict,
+    def __init__(self, uri: str, experiment: str, storage: str, parent_id: str, params: Callable[[Point], dict],
                  clock: Callable[[], float] = time.monotonic, connect: Callable[[], object] | None = None):
         self.experiment, self.storage, self.parent_id = experiment, storage, parent_id
         _URIS[(experiment, storage)] = uri
-        self.params = params  # label -> params of each point
+        self.params = params  # a point's params (an adaptive search adds points as it goes)
         self._clock = clock
         self._connect = connect  # a Tracker factory; default: a Tracker on the URI
         self._tracker = None
@@ -97,7 +105,7 @@ class MlflowSync:
     def _run(self, tracker, trial, running: bool = False) -> str:
         point = Point.from_dict(trial.config["point"])
         if point.label not in self._runs:
-            self._runs[point.label] = tracker.trial_run(self.parent_id, point.label, point.label, self.params[point.label],
+            self._runs[point.label] = tracker.trial_run(self.parent_id, point.label, point.label, self.params(point),
                                                         point.stage, running)
         return self._runs[point.label]
 
@@ -118,10 +126,15 @@ class MlflowSync:
             self._call(lambda t: t.log_points(self._run(t, trial), [result]))
 
     def complete(self, trial, ok: bool) -> None:
+        from orchestrator import resume
+
         def done(t):
             run_id = self._run(t, trial)
             if ok and trial.last_result.get("time_total_s") is not None:
                 t.set_tags(run_id, {"rightsweep.trial_wall_s": f"{trial.last_result['time_total_s']:.2f}"})
+            stop = resume.stopped(Path(self.storage) / self.experiment).get(Point.from_dict(trial.config["point"]).label)
+            if stop:
+                t.set_tags(run_id, stop_tags(stop))
             t.finish(run_id, ok)
 
         self._call(done)
@@ -156,8 +169,9 @@ def backfill(cfg: ExperimentConfig, tracker, parent_id: str) -> tuple[int, int]:
     from orchestrator import resume
 
     sweep_dir = Path(cfg.storage) / cfg.name
+    stops = resume.stopped(sweep_dir)
     runs = points = 0
-    for point in sweep_points(cfg.sweep.schedules, cfg.sweep.lams, cfg.sweep.seeds, cfg.sweep.anchors and not cfg.anchors_given):
+    for point in resume.sweep_points_on_storage(cfg, sweep_dir):
         label = point.label
         reported = resume.reported_points(sweep_dir, label)
         if not reported and not resume.trial_dirs(sweep_dir, label):
@@ -166,6 +180,9 @@ def backfill(cfg: ExperimentConfig, tracker, parent_id: str) -> tuple[int, int]:
         runs += 1
         points += tracker.log_points(run_id, reported)
         if resume.finished_trajectory(sweep_dir, label) is not None:
+            tracker.finish(run_id, ok=True)
+        elif label in stops:
+            tracker.set_tags(run_id, stop_tags(stops[label]))
             tracker.finish(run_id, ok=True)
         elif resume.failed(sweep_dir, label):
             tracker.finish(run_id, ok=False)

@@ -120,3 +120,45 @@ def next_experiment(sweep_dir: Path) -> str:
     """A fresh Tune experiment name for this run of the sweep: grid, grid-2, grid-3, …"""
     n = len([d for d in (sweep_dir / "tune").glob("grid*") if d.is_dir()])
     return "grid" if n == 0 else f"grid-{n + 1}"
+
+
+def _read_json(path: Path, default):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return default
+
+
+def _write_json(path: Path, content) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(content, indent=1))
+    tmp.replace(path)  # atomic: a reader gets all of it or the previous version
+
+
+def proposals(sweep_dir: Path) -> list[dict]:
+    """The cells the adaptive search added, in order: {schedule, lam, reason, known}
+    (``search.json``, written before their trials are queued)."""
+    return _read_json(sweep_dir / "search.json", {"proposals": []})["proposals"]
+
+
+def save_proposals(sweep_dir: Path, found: list[dict]) -> None:
+    _write_json(sweep_dir / "search.json", {"proposals": found})
+
+
+def stopped(sweep_dir: Path) -> dict[str, dict]:
+    """Trials the early stopping ended, by label: {step, by} (``stopped.json``)."""
+    return _read_json(sweep_dir / "stopped.json", {})
+
+
+def record_stop(sweep_dir: Path, label: str, step: int, by: str) -> None:
+    _write_json(sweep_dir / "stopped.json", {**stopped(sweep_dir), label: {"step": step, "by": by}})
+
+
+def sweep_points_on_storage(cfg, sweep_dir: Path) -> list:
+    """Every point of the sweep: the config's grid (the adaptive search's coarse start) and
+    the cells the search added, each with every seed."""
+    from orchestrator.space import main_points, sweep_points
+
+    s = cfg.sweep
+    added = [p for c in proposals(sweep_dir) for p in main_points([c["schedule"]], [c["lam"]], s.seeds)]
+    return sweep_points(s.schedules, s.lams, s.seeds, s.anchors and not cfg.anchors_given) + added

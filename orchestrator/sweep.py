@@ -8,25 +8,26 @@ did not finish, found from plain files on storage (``orchestrator.resume``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import yaml
 
-from orchestrator.config import ConfigError, ExperimentConfig
+from orchestrator.config import ConfigError, ExperimentConfig, TrackingSpec
 from orchestrator.mirror import MlflowSync, backfill, trial_params, tune_callback
 from orchestrator.pareto import (Anchors, Summary, anchor_behaviour, finished_anchors, initial_behaviour, initial_point,
                                  summarize, trial_result)
 from orchestrator.redact import redact, redact_text
 from orchestrator.report import format_table, write_artifacts
 from orchestrator import resume as stored
-from orchestrator.space import Point, sweep_points
+from orchestrator.space import Point
 
 log = logging.getLogger("rightsweep.sweep")
 DRIVER_MEMORY = 64 * 2**20  # bytes a trial's driver process reserves when workers do the training
@@ -69,7 +70,8 @@ class Grid:
 
     finished: dict[str, tuple[Point, list[dict]]]  # with their trajectories
     failed: list[str]
-    unfinished: list[str]  # neither: the sweep was stopped
+    unfinished: list[str]  # none of these: the sweep was interrupted
+    stopped: dict[str, dict] = field(default_factory=dict)  # by the early stopping: {step, by}
 
 
 def run_grid(cfg: ExperimentConfig, points: list[Point], anchors: Anchors | None, sync: MlflowSync | None, resume: bool) -> Grid:
@@ -77,7 +79,8 @@ def run_grid(cfg: ExperimentConfig, points: list[Point], anchors: Anchors | None
     of earlier runs of the sweep are kept; an unfinished local-mode trial continues from its
     latest whole checkpoint). Tune's own saved state is never loaded (``orchestrator.resume``)."""
     sweep_dir = Path(cfg.storage) / cfg.name
-    todo = [p for p in points if not (resume and stored.finished_trajectory(sweep_dir, p.label) is not None)]
+    stops = stored.stopped(sweep_dir)
+    todo = [p for p in points if not (resume and (p.label in stops or stored.finished_trajectory(sweep_dir, p.label) is not None))]
     resume_from = {}
     if resume:
         local = cfg.resources.num_workers == 0
@@ -90,9 +93,12 @@ def run_grid(cfg: ExperimentConfig, points: list[Point], anchors: Anchors | None
         catch_sigterm()  # Ray is running in this process now
         errors = {Point.from_dict(r.config["point"]).label: r.error for r in tuner.fit() if r.error is not None}
     grid = Grid({}, [], [])
-    for p in points:
+    stops = stored.stopped(sweep_dir)
+    for p in stored.sweep_points_on_storage(cfg, sweep_dir):  # with the cells an adaptive search added
         if (traj := stored.finished_trajectory(sweep_dir, p.label)) is not None:
             grid.finished[p.label] = (p, traj)
+        elif p.label in stops:
+            grid.stopped[p.label] = stops[p.label]
         elif p.label in errors:
             grid.failed.append(p.label)
             log.warning("trial %s failed: %s", p.label, (str(errors[p.label]).strip().splitlines() or ["?"])[-1][:500])
@@ -119,15 +125,26 @@ def build_tuner(cfg: ExperimentConfig, points: list[Point], anchors: Anchors | N
     # token of memory, as Ray refuses an empty bundle); in local mode it trains.
     trainable = tune.with_resources(trainable, cfg.resources.per_process() if local else {"memory": DRIVER_MEMORY})
     label = lambda t: Point.from_dict(t.config["point"]).label  # noqa: E731
+    adaptive, stopping = cfg.sweep.search == "adaptive", cfg.sweep.early_stop is not None
+    if adaptive or stopping:
+        from orchestrator.search import AdaptiveSearch, ParetoStop
+    on_storage = stored.sweep_points_on_storage(cfg, sweep_dir)
+    cells = {(p.schedule, p.lam) for p in on_storage if not p.is_anchor}
+    n_trials = len(points) + (cfg.cell_budget - len(cells)) * len(cfg.sweep.seeds)  # the grid's, or at most the search's
     return tune.Tuner(
         trainable,
         # Plain dicts: Tune writes them into each trial's params.json, readable without unpickling.
-        param_space={"point": tune.grid_search([p.as_dict() for p in points])},
+        param_space={} if adaptive else {"point": tune.grid_search([p.as_dict() for p in points])},
         tune_config=tune.TuneConfig(
-            max_concurrent_trials=max_concurrent(cfg, len(points)),
+            max_concurrent_trials=max_concurrent(cfg, n_trials if adaptive else len(points)),
+            search_alg=AdaptiveSearch(cfg, points) if adaptive else None,
+            num_samples=-1 if adaptive else 1,  # the search says when it is done
+            scheduler=ParetoStop(cfg, on_storage) if stopping else None,
             # A trial process is kept for the next trial: its imports (torch, transformers,
-            # datasets: most of a short trial's fixed cost) are paid once per slot.
-            reuse_actors=True,
+            # datasets: most of a short trial's fixed cost) are paid once per slot. Not when
+            # trials are stopped: a stopped trial with workers kept training and held its
+            # workers, and the next trial's reuse of its actor hung the sweep.
+            reuse_actors=not stopping,
             trial_name_creator=label,
             trial_dirname_creator=lambda t: f"{label(t)}-{t.trial_id}",
         ),
@@ -222,9 +239,10 @@ def _run_sweep(cfg: ExperimentConfig, resume: bool) -> Summary:
     tracker, uri = start(cfg, state, sweep_dir)
     # One Tune experiment for the whole grid, so trial processes (and their imports) are
     # reused from the anchors to the last trial.
-    points = sweep_points(cfg.sweep.schedules, cfg.sweep.lams, cfg.sweep.seeds, cfg.sweep.anchors and not cfg.anchors_given)
+    points = stored.sweep_points_on_storage(cfg, sweep_dir)
     given = Anchors(cfg.trial.train.f_star_sft, cfg.trial.train.f_star_dpo) if cfg.anchors_given else None
-    sync = MlflowSync(uri, cfg.name, cfg.storage, state.parent_run_id, {p.label: trial_params(cfg, p) for p in points})
+    sync = MlflowSync(uri, cfg.name, cfg.storage, state.parent_run_id,
+                      functools.partial(trial_params, cfg.model_copy(update={"tracking": TrackingSpec()})))
     grid = run_grid_to_its_end(cfg, points, given, sync, resume, tracker, state.parent_run_id)
     summary = build_front(cfg, grid, given, state.numerics)
     if summary.anchors is not None:

@@ -10,7 +10,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("workers", "orchestrator")
 PURE = ("workers.loop", "workers.losses", "workers.forward", "workers.precision", "workers.schedules", "workers.metrics",
-        "workers.estimate", "workers.judges", "workers.generate", "orchestrator.pareto", "orchestrator.space")
+        "workers.estimate", "workers.judges", "workers.generate", "orchestrator.pareto", "orchestrator.space",
+        "orchestrator.adaptive", "orchestrator.earlystop")
 
 
 def test_pure_modules_import_neither_ray_nor_mlflow():

@@ -66,7 +66,7 @@ def trial(point=POINT):
 
 
 def mirror(server, clock):
-    return MlflowSync("sqlite:///unused", "exp", "/storage", "parent", {POINT.label: {"schedule": "mix"}},
+    return MlflowSync("sqlite:///unused", "exp", "/storage", "parent", lambda point: {"schedule": point.schedule},
                       clock=clock, connect=server.connect)
 
 
