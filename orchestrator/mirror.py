@@ -21,6 +21,7 @@ from orchestrator.space import Point
 from workers.metrics import STEP
 
 log = logging.getLogger("rightsweep.mirror")
+STOPPED_TAG = "rightsweep.stopped_at_step"
 RETRY_AFTER_S = 30.0  # while MLflow is down, try it again at most this often
 _URIS: dict[tuple[str, str], str] = {}  # (experiment, storage) -> tracking URI, in the driver's memory only
 
@@ -41,7 +42,7 @@ def trial_params(cfg: ExperimentConfig, point: Point) -> dict:
 def stop_tags(stop: dict) -> dict:
     """A trial the early stopping ended: its run ends FINISHED, at the step these tags name,
     and is on no front."""
-    return {"rightsweep.stopped_at_step": stop["step"], "rightsweep.stopped_by": stop["by"]}
+    return {STOPPED_TAG: stop["step"], "rightsweep.stopped_by": stop["by"]}
 
 
 def dedupe_steps(points: list[dict]) -> list[dict]:

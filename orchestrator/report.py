@@ -103,6 +103,20 @@ def behaviour_lines(summary: Summary) -> list[str]:
     return lines
 
 
+def search_lines(search: dict) -> list[str]:
+    """What the adaptive search added and why, what the early stopping ended where, and the
+    compute the sweep spent (``search`` as ``sweep.search_record`` builds it)."""
+    lines = [f"adaptive search: {len(search['proposals'])} cell(s) after the coarse grid" if search["adaptive"] else None]
+    lines += [f"  {p['schedule']}@λ={p['lam']:g}: {p['reason']} ({p['known_cells']} cells known)" for p in search["proposals"]]
+    if search["early_stop"]:
+        lines.append(f"early stop: {len(search['stopped'])} trial(s) stopped, on no front"
+                     + "".join(f"; {label} at step {s['step']} (beaten by {s['by']})" for label, s in search["stopped"].items()))
+    c = search["compute"]
+    lines.append(f"compute: {c['trials']} trials, {c['optimizer_steps']} optimizer steps, {c['loop_s']:.1f} s of "
+                 f"training loop (steps + evaluation), stopped trials included; hypervolume all={search['hypervolume']:.4f}")
+    return [line for line in lines if line is not None]
+
+
 def cell_record(c: Cell) -> dict:
     out = {"schedule": c.schedule, "lam": c.lam, "seeds": list(c.seeds), "n": len(c.seeds)}
     for key in ("sft_loss", "dpo_loss", "gap_sft", "gap_dpo", "ideal_distance", "sft_accuracy", "pref_win_rate"):

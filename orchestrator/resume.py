@@ -162,3 +162,18 @@ def sweep_points_on_storage(cfg, sweep_dir: Path) -> list:
     s = cfg.sweep
     added = [p for c in proposals(sweep_dir) for p in main_points([c["schedule"]], [c["lam"]], s.seeds)]
     return sweep_points(s.schedules, s.lams, s.seeds, s.anchors and not cfg.anchors_given) + added
+
+
+def compute_spent(cfg, sweep_dir: Path) -> dict:
+    """What the sweep's trials cost, stopped ones included: optimizer steps (the last step
+    each reported) and seconds of training loop (steps and evaluation, the trial's own
+    clock), summed; and how many trials that is."""
+    steps = seconds = trials = 0
+    for p in sweep_points_on_storage(cfg, sweep_dir):
+        reported = reported_points(sweep_dir, p.label)
+        if reported:
+            last = reported[-1]
+            steps += int(last[metrics.STEP])
+            seconds += float(last.get(metrics.TRAIN_S, 0.0)) + float(last.get(metrics.EVAL_S, 0.0))
+            trials += 1
+    return {"trials": trials, "optimizer_steps": steps, "loop_s": round(seconds, 3)}

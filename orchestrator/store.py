@@ -6,7 +6,7 @@ import ast
 import logging
 from pathlib import Path
 
-from orchestrator.mirror import dedupe_steps
+from orchestrator.mirror import STOPPED_TAG, dedupe_steps
 from orchestrator.pareto import (Anchors, Summary, anchor_behaviour, finished_anchors, initial_behaviour, initial_point,
                                  summarize, trial_result)
 from orchestrator.report import write_artifacts
@@ -41,7 +41,8 @@ def rebuild(tracker: Tracker, out_dir: Path, publish_to_parent: bool = True, fin
         raise LookupError("the experiment has no sweep run")
     trials: dict[str, tuple[Point, list[dict]]] = {}
     for run in tracker.child_runs(parent.info.run_id):
-        if run.info.status == "FINISHED" and (traj := dedupe_steps(tracker.trajectory(run.info.run_id, KEYS))):
+        stopped = STOPPED_TAG in run.data.tags  # by the early stopping: on no front
+        if run.info.status == "FINISHED" and not stopped and (traj := dedupe_steps(tracker.trajectory(run.info.run_id, KEYS))):
             point = run_point(run.data.params, run.data.tags[STAGE_TAG])
             if not point.is_anchor and (samples := tracker.samples(run.info.run_id, traj[-1][metrics.STEP])):
                 traj[-1][metrics.SAMPLES] = samples  # the report's answers of the front points

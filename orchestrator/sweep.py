@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import math
 import os
@@ -25,7 +26,7 @@ from orchestrator.mirror import MlflowSync, backfill, trial_params, tune_callbac
 from orchestrator.pareto import (Anchors, Summary, anchor_behaviour, finished_anchors, initial_behaviour, initial_point,
                                  summarize, trial_result)
 from orchestrator.redact import redact, redact_text
-from orchestrator.report import format_table, write_artifacts
+from orchestrator.report import format_table, search_lines, write_artifacts
 from orchestrator import resume as stored
 from orchestrator.space import Point
 
@@ -250,8 +251,18 @@ def _run_sweep(cfg: ExperimentConfig, resume: bool) -> Summary:
     state.finished, state.failed = True, grid.failed
     state.save(sweep_dir)
     print(format_table(summary), flush=True)
+    search = search_record(cfg, sweep_dir, summary)
+    print("\n".join(search_lines(search)), flush=True)
     write_report(cfg, summary, grid, tracker, state.parent_run_id, uri)
+    (sweep_dir / "report" / "search.json").write_text(json.dumps(search, indent=1))
     return summary
+
+
+def search_record(cfg: ExperimentConfig, sweep_dir: Path, summary: Summary) -> dict:
+    """How the sweep chose and cut its trials, and what it spent (report/search.json)."""
+    return {"adaptive": cfg.sweep.search == "adaptive", "early_stop": cfg.sweep.early_stop is not None,
+            "proposals": stored.proposals(sweep_dir), "stopped": stored.stopped(sweep_dir),
+            "compute": stored.compute_spent(cfg, sweep_dir), "hypervolume": summary.hypervolume["all"]}
 
 
 def open_sweep_dir(cfg: ExperimentConfig, resume: bool) -> Path:
@@ -297,10 +308,11 @@ def run_grid_to_its_end(cfg: ExperimentConfig, points: list[Point], given: Ancho
         grid = run_grid(cfg, points, given, sync, resume)
     except KeyboardInterrupt:  # before Tune took over the signal
         grid = Grid({}, [], [p.label for p in points])
-    log.info("driver memory: %.0f MB resident as the grid started, %.0f MB after its %d trials", before, resident_mb(), len(points))
+    n = len(grid.finished) + len(grid.failed) + len(grid.unfinished) + len(grid.stopped)
+    log.info("driver memory: %.0f MB resident as the grid started, %.0f MB after its %d trials", before, resident_mb(), n)
     if grid.unfinished:
         stop_interrupted(tracker, sync, parent_id, grid.unfinished)
-        raise Interrupted(signal.SIGINT, f"{len(grid.finished)} of {len(points)} trials finished, {len(grid.failed)} failed, "
+        raise Interrupted(signal.SIGINT, f"{len(grid.finished)} of {n} trials finished, {len(grid.failed)} failed, "
                                          f"{len(grid.unfinished)} did not finish; nothing was built from those")
     return grid
 
