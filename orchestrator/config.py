@@ -157,15 +157,6 @@ class ExperimentConfig(Section):
                              f"({len(s.schedules)} schedules × {len(s.lams)} lams)")
         return self
 
-    @model_validator(mode="after")
-    def _early_stop_in_local_mode(self) -> "ExperimentConfig":
-        # Seen here: a stopped trial with a worker kept its worker's CPU, and the next trial's
-        # worker group waited for it until Ray Train's startup timeout, again and again.
-        if self.sweep.early_stop is not None and self.resources.num_workers > 0:
-            raise ValueError("sweep.early_stop: not yet with resources.num_workers > 0 (a stopped trial's workers are "
-                             "not released, and the next trial waits for them); use num_workers: 0 or no early_stop")
-        return self
-
     @property
     def cell_budget(self) -> int:
         """Main cells the sweep may run: the grid's, or the adaptive search's budget."""

@@ -90,20 +90,24 @@ def latest_checkpoint(sweep_dir: Path, label: str) -> str | None:
 def reported_points(sweep_dir: Path, label: str) -> list[dict]:
     """Every evaluation point the trial reported, from Tune's JSON lines and its
     trajectory; one per step, the last reported (a resumed trial reports its later steps again)."""
-    by_step: dict[int, dict] = {}
+    by_step = {int(row[metrics.STEP]): row for row in _result_rows(sweep_dir, label) if metrics.SFT_LOSS in row}
+    for p in finished_trajectory(sweep_dir, label) or []:
+        by_step[int(p[metrics.STEP])] = p
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def _result_rows(sweep_dir: Path, label: str):
+    """Tune's JSON lines of every run of the point, evaluations and the last report of a
+    stopped trial (its costs, no losses)."""
     for d in trial_dirs(sweep_dir, label):
         path = d / "result.json"
-        lines = path.read_text().splitlines() if path.exists() else []
-        for line in lines:
+        for line in path.read_text().splitlines() if path.exists() else []:
             try:
                 row = json.loads(line)
             except ValueError:  # a line cut short when the driver died
                 continue
-            if metrics.SFT_LOSS in row:
-                by_step[int(row[metrics.STEP])] = row
-    for p in finished_trajectory(sweep_dir, label) or []:
-        by_step[int(p[metrics.STEP])] = p
-    return [by_step[s] for s in sorted(by_step)]
+            if metrics.STEP in row:
+                yield row
 
 
 def failed(sweep_dir: Path, label: str) -> bool:
@@ -122,14 +126,15 @@ def next_experiment(sweep_dir: Path) -> str:
     return "grid" if n == 0 else f"grid-{n + 1}"
 
 
-def _read_json(path: Path, default):
+def read_json(path: Path, default):
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return default
 
 
-def _write_json(path: Path, content) -> None:
+def write_json(path: Path, content) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(content, indent=1))
     tmp.replace(path)  # atomic: a reader gets all of it or the previous version
@@ -138,20 +143,29 @@ def _write_json(path: Path, content) -> None:
 def proposals(sweep_dir: Path) -> list[dict]:
     """The cells the adaptive search added, in order: {schedule, lam, reason, known}
     (``search.json``, written before their trials are queued)."""
-    return _read_json(sweep_dir / "search.json", {"proposals": []})["proposals"]
+    return read_json(sweep_dir / "search.json", {"proposals": []})["proposals"]
 
 
 def save_proposals(sweep_dir: Path, found: list[dict]) -> None:
-    _write_json(sweep_dir / "search.json", {"proposals": found})
+    write_json(sweep_dir / "search.json", {"proposals": found})
+
+
+def stop_file(sweep_dir: Path, label: str) -> Path:
+    """Where the early stopping tells a trial to end: its loop ends at the first step it
+    finds this file (every rank at the same step), so its Train workers end with it."""
+    return sweep_dir / "trials" / label / "stopped.json"
 
 
 def stopped(sweep_dir: Path) -> dict[str, dict]:
-    """Trials the early stopping ended, by label: {step, by} (``stopped.json``)."""
-    return _read_json(sweep_dir / "stopped.json", {})
+    """Trials the early stopping ended, by label: {step, by}."""
+    return {f.parent.name: content for f in sorted((sweep_dir / "trials").glob("*/stopped.json"))
+            if (content := read_json(f, None)) is not None}
 
 
 def record_stop(sweep_dir: Path, label: str, step: int, by: str) -> None:
-    _write_json(sweep_dir / "stopped.json", {**stopped(sweep_dir), label: {"step": step, "by": by}})
+    path = stop_file(sweep_dir, label)
+    if not path.exists():  # the first stop stands: a report already on its way is judged again
+        write_json(path, {"step": step, "by": by})
 
 
 def sweep_points_on_storage(cfg, sweep_dir: Path) -> list:
@@ -170,9 +184,9 @@ def compute_spent(cfg, sweep_dir: Path) -> dict:
     clock), summed; and how many trials that is."""
     steps = seconds = trials = 0
     for p in sweep_points_on_storage(cfg, sweep_dir):
-        reported = reported_points(sweep_dir, p.label)
+        reported = reported_points(sweep_dir, p.label) + list(_result_rows(sweep_dir, p.label))
         if reported:
-            last = reported[-1]
+            last = max(reported, key=lambda row: (int(row[metrics.STEP]), float(row.get(metrics.TRAIN_S, 0.0))))
             steps += int(last[metrics.STEP])
             seconds += float(last.get(metrics.TRAIN_S, 0.0)) + float(last.get(metrics.EVAL_S, 0.0))
             trials += 1

@@ -1,6 +1,6 @@
 """The adaptive λ search and the Pareto-aware early stopping as Tune components, so they
 run on a cluster, with concurrency, and survive ``--resume``: what they decide is written
-to storage as JSON (``search.json``, ``stopped.json``) before it takes effect, and a
+to storage as JSON (``search.json``, ``trials/<label>/stopped.json``) before it takes effect, and a
 resumed sweep rebuilds both from storage alone (``orchestrator.resume``).
 
 The choices themselves are pure: ``orchestrator.adaptive`` and ``orchestrator.earlystop``.
@@ -33,7 +33,7 @@ class AdaptiveSearch(Searcher):
     """Tune asks for a trial; this hands out the anchors and the coarse grid first, then each
     cell ``orchestrator.adaptive.propose`` finds (every seed of it), until ``budget`` cells.
 
-    What the trials did is read from storage (their trajectories and ``stopped.json``) at
+    What the trials did is read from storage (their trajectories and stops) at
     each proposal, so the searcher keeps no model of its own to save: a resumed sweep builds
     a new one with the points still to run, and the proposals on storage are never made twice.
     """
@@ -124,6 +124,8 @@ class ParetoStop(FIFOScheduler):
                                       losses(result))
         if stop is None or int(result[metrics.STEP]) >= self.last_step.get(p.schedule, 0):
             return TrialScheduler.CONTINUE
+        # The trial ends itself at its next step (``stored.stop_file``): Tune's STOP would
+        # kill its process and leave a Train run's workers holding their CPUs.
         stored.record_stop(self.sweep_dir, p.label, stop.step, stop.by)
         log.info("early stop: %s at step %d, beaten by %s", p.label, stop.step, stop.by)
-        return TrialScheduler.STOP
+        return TrialScheduler.CONTINUE

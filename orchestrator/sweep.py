@@ -142,10 +142,9 @@ def build_tuner(cfg: ExperimentConfig, points: list[Point], anchors: Anchors | N
             num_samples=-1 if adaptive else 1,  # the search says when it is done
             scheduler=ParetoStop(cfg, on_storage) if stopping else None,
             # A trial process is kept for the next trial: its imports (torch, transformers,
-            # datasets: most of a short trial's fixed cost) are paid once per slot. Not when
-            # trials are stopped: a stopped trial with workers kept training and held its
-            # workers, and the next trial's reuse of its actor hung the sweep.
-            reuse_actors=not stopping,
+            # datasets: most of a short trial's fixed cost) are paid once per slot. An early
+            # stopped trial ends itself, so its process is free to be kept too.
+            reuse_actors=True,
             trial_name_creator=label,
             trial_dirname_creator=lambda t: f"{label(t)}-{t.trial_id}",
         ),

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from orchestrator.config import ExperimentConfig, Resources
 from orchestrator.pareto import Anchors, best_loss, f_star
+from orchestrator.resume import stop_file, write_json
 from orchestrator.space import Point, anchor_points, apply_point
 from workers.config import ConfigError, TrialConfig
 from workers.metrics import OBJECTIVES
@@ -128,7 +129,10 @@ def tune_trial(config: dict, experiment: dict, anchors: dict | None, resume_from
     if anchors is None and point.waits_for_anchors:
         anchors = wait_for_anchors(sweep_dir, cfg.sweep.seeds)
     trial = apply_point(cfg.trial, point, Anchors(**anchors) if anchors else None, cfg.sweep.per_schedule)
-    trial = trial.model_copy(update={"output_dir": str(sweep_dir / "trials" / label), "resume_from": resume_from.get(label)})
+    trial = trial.model_copy(update={
+        "output_dir": str(sweep_dir / "trials" / label), "resume_from": resume_from.get(label),
+        "stop_file": str(stop_file(sweep_dir, label)) if cfg.sweep.early_stop else None,
+    })
     callbacks = []
     if cfg.resources.num_workers:
         from ray.tune.integration.ray_train import TuneReportCallback
@@ -173,11 +177,7 @@ def anchor_file(sweep_dir: Path, anchor: Point) -> Path:
 
 
 def publish_anchor(sweep_dir: Path, anchor: Point, content: dict) -> None:
-    path = anchor_file(sweep_dir, anchor)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(content))
-    tmp.replace(path)  # atomic: a waiting trial reads all of it or nothing
+    write_json(anchor_file(sweep_dir, anchor), content)  # atomic: a waiting trial reads all of it or nothing
 
 
 def wait_for_anchors(sweep_dir: Path, seeds: list[int], poll_s: float = 0.5) -> dict:

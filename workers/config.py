@@ -239,6 +239,9 @@ class TrialConfig(Section):
     resume_from: str | None = Field(
         None, description="a checkpoint folder to continue from when Ray has none (set by the driver on --resume)"
     )
+    stop_file: str | None = Field(
+        None, description="the loop ends at the first step this file exists (set by the driver under sweep.early_stop)"
+    )
 
     def resolved(self) -> "TrialConfig":
         """Absolute paths and filled presets: what the driver hands to the workers."""

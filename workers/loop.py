@@ -125,7 +125,7 @@ def fit(cfg: TrialConfig, session: Session) -> list[dict]:
         report(session, s, cfg, progress, checkpoint=False)  # the initial point of the trajectory
 
     window = Window()
-    while progress.step < stop:
+    while progress.step < stop and not stop_requested(cfg.stop_file, session):
         started = time.perf_counter()
         losses = train_step(s, cfg, progress.step, session.device)
         progress.train_seconds += time.perf_counter() - started
@@ -137,9 +137,24 @@ def fit(cfg: TrialConfig, session: Session) -> list[dict]:
             report(session, s, cfg, progress, checkpoint=checkpoint, window=window)
             window = Window()
 
+    if progress.step < stop:  # stopped by the driver: what it cost, beyond its last evaluation
+        log.info("rank %d: stopped by the sweep's early stopping at step %d", session.rank, progress.step)
+        session.report({metrics.STEP: progress.step, **counters(progress), **costs(progress, session.device)})
     if progress.step == t.total_steps and session.rank == 0 and cfg.output_dir:
         save_final(cfg.output_dir, s.model, s.tokenizer, progress)
     return progress.trajectory
+
+
+def stop_requested(path: str | None, session: Session) -> bool:
+    """Whether the driver's early stopping has ended this trial. Rank 0 looks and every rank
+    learns its answer at the same step (one that went on alone would hang in the
+    all-reduce); ending here, rather than being killed, frees the trial's workers."""
+    if path is None:
+        return False
+    if session.world_size == 1:
+        return Path(path).exists()
+    flag = torch.tensor([float(session.rank == 0 and Path(path).exists())], device=session.device)
+    return bool(all_reduce_(flag).item())  # a sync per step, only while early stopping is on
 
 
 def rank_seed(seed: int, rank: int) -> int:

@@ -1,5 +1,5 @@
-"""The orchestrator on a real Ray cluster started with ``ray start --head``: a smoke sweep
-submitted with ``ray job submit``, its MLflow store, the front rebuilt from that store,
+"""The orchestrator on a real Ray cluster started with ``ray start --head``: an adaptive smoke
+sweep submitted with ``ray job submit``, its MLflow store, the front rebuilt from that store,
 a trial too large for the cluster, and the MLflow UI in a browser. (A driver killed
 mid-sweep: ``tests/faults/test_driver_kill.py``.)"""
 
@@ -22,10 +22,12 @@ PY = sys.executable
 
 @pytest.fixture(scope="module")
 def submitted(head, tmp_path_factory):
-    """The smoke sweep, submitted as a Ray job with the project as its working dir."""
+    """The smoke sweep under the adaptive search (the coarse grid, then one cell), submitted as
+    a Ray job with the project as its working dir."""
     storage = tmp_path_factory.mktemp("storage")
     proc = head.run([RAY, "job", "submit", "--address", head.dashboard, "--working-dir", str(ROOT), "--",
-                     PY, "-m", "orchestrator", "sweep", "--config", "smoke", "--set", f"storage={storage}"], timeout=900)
+                     PY, "-m", "orchestrator", "sweep", "--config", "smoke", "--set", f"storage={storage}",
+                     "--set", "sweep.search=adaptive", "--set", "sweep.budget=5"], timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     return storage, proc.stdout
 
@@ -44,10 +46,13 @@ def test_job_submit_sweep_fills_the_mlflow_store(submitted):
     children = [r for r in all_runs if r.data.tags.get("rightsweep.role") == "trial"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     parent = parents[0]
-    # 2 anchors + 4 schedules at one λ, each a finished child of the sweep run
-    assert len(children) == 6
+    # 2 anchors + 4 schedules at one λ + the cell the search proposed, each a finished child of the sweep run
+    assert "adaptive search: 1 cell(s) after the coarse grid" in stdout
+    (proposed,) = json.loads((storage / "smoke" / "search.json").read_text())["proposals"]
+    assert len(children) == 7
+    assert f"{proposed['schedule']}-lam{proposed['lam']:g}-seed0" in {r.info.run_name for r in children}
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
-    assert sorted(r.data.tags["stage"] for r in children) == ["anchor"] * 2 + ["main"] * 4
+    assert sorted(r.data.tags["stage"] for r in children) == ["anchor"] * 2 + ["main"] * 5
     assert {r.data.params["schedule"] for r in children if r.data.tags["stage"] == "main"} == {"sequential", "mix", "alright", "maxright"}
     for r in children:
         assert r.info.status == "FINISHED"

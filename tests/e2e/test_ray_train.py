@@ -53,25 +53,46 @@ def test_cli_train_runs_one_trial(cache_dir, tmp_path):
     assert f"eval/sft_loss={points[-1]['eval/sft_loss']:.4f}" in final and points[-1]["step"] == 40
 
 
-def test_cli_sweep_with_one_worker_per_trial(tmp_path):
-    """A sweep whose trials each drive a one-worker TorchTrainer (the trial process reserves
-    no CPU), sharing one reference pass; its own storage, so its own cache."""
+def test_an_adaptive_early_stopped_sweep_with_a_worker_per_trial_releases_the_stopped_trials_worker(tmp_path):
+    """Trials that each drive a one-worker TorchTrainer (the trial process reserves no CPU),
+    sharing one reference pass, under the adaptive search and the early stopping. Each worker
+    asks for 2 CPUs, all this machine has: the cell the search proposes after the stop runs
+    only if the stopped trial's worker is gone (Tune's own STOP left it holding its CPUs, and
+    the sweep hung)."""
     cmd = [sys.executable, "-m", "orchestrator", "sweep", "--config", "smoke", "--set", f"storage={tmp_path}",
-           "--set", "resources.num_workers=1", "--set", "sweep.schedules=[alright, mix]",
+           "--set", "resources.num_workers=1", "--set", f"resources.cpus_per_worker={min(os.cpu_count(), 2)}",
+           "--set", "sweep.schedules=[mix, sequential]", "--set", "sweep.lams=[0.25, 0.75]",
+           "--set", "sweep.search=adaptive", "--set", "sweep.budget=5",
+           "--set", "sweep.early_stop={grace: 20, patience: 1, epsilon: 0.0, protect: []}",
            "--set", "trial.train.f_star_sft=0.1", "--set", "trial.train.f_star_dpo=0.1"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    report = json.loads((tmp_path / "smoke" / "report" / "pareto.json").read_text())
-    assert sorted(r["schedule"] for r in report["rows"]) == ["alright", "mix"]
+    sweep = tmp_path / "smoke"
+    # One trial at a time, Mix first: at step 20 Mix λ 0.25 is below Sequential λ 0.25 in both
+    # losses (2.35 vs 4.16 SFT, 0.85 vs 0.95 DPO).
+    stop = json.loads((sweep / "trials" / "sequential-lam0.25-seed0" / "stopped.json").read_text())
+    assert stop == {"step": 20, "by": "mix-lam0.25-seed0"}
+    proposals = json.loads((sweep / "search.json").read_text())["proposals"]
+    assert len(proposals) == 1 and proposals[0]["schedule"] == "mix" and 0.25 < proposals[0]["lam"] < 0.75
+    proposed = f"mix-lam{proposals[0]['lam']:g}-seed0"
+    assert (sweep / "trials" / proposed / "trajectory.json").exists()
+    assert "early stop: 1 trial(s) stopped, on no front; sequential-lam0.25-seed0 at step 20" in proc.stdout
+    report = json.loads((sweep / "report" / "pareto.json").read_text())
+    assert ("sequential", 0.25) not in {(r["schedule"], r["lam"]) for r in report["rows"]}
     passes = (tmp_path / "cache" / "reference" / "passes.jsonl").read_text().splitlines()
-    assert len(passes) == 1, "the two trials reused the pass the driver made"
+    assert len(passes) == 1, "the trials reused the pass the driver made"
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     exp = client.get_experiment_by_name("smoke")
-    children = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("rightsweep.role") == "trial"]
-    assert len(children) == 2 and all(r.info.status == "FINISHED" for r in children)
-    for r in children:
-        assert [m.step for m in client.get_metric_history(r.info.run_id, "eval/sft_loss")] == [0, 20, 40]
+    children = {r.info.run_name: r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("rightsweep.role") == "trial"}
+    assert len(children) == 5 and all(r.info.status == "FINISHED" for r in children.values())
+    for name, r in children.items():
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "eval/sft_loss")]
+        assert steps == ([0, 20] if name == "sequential-lam0.25-seed0" else [0, 20, 40]), name
         assert r.data.metrics["time/setup_s"] > 0
+    stopped = children["sequential-lam0.25-seed0"]
+    assert stopped.data.tags["rightsweep.stopped_at_step"] == "20"
+    # It ended itself, after its step-20 evaluation and before its last step: its cost row.
+    assert 20 <= stopped.data.metrics["updates/sft"] + stopped.data.metrics["updates/dpo"] < 40

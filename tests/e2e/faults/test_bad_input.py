@@ -59,8 +59,6 @@ CONFIG_FAULTS = {
     "a budget below the coarse grid": (["--set", "sweep.search=adaptive", "--set", "sweep.budget=2"],
                                        "sweep.budget: 2 cells cannot hold the coarse grid of 4 (4 schedules × 1 lams)"),
     "a budget for a grid": (["--set", "sweep.budget=8"], "sweep.budget: only the adaptive search has a budget"),
-    "early stopping with workers": (["--set", "sweep.early_stop={}", "--set", "resources.num_workers=1"],
-                                    "sweep.early_stop: not yet with resources.num_workers > 0"),
     "a grid with no lambda": (["--set", "sweep.lams=[]"], "sweep.lams: List should have at least 1 item"),
     "a grid with no seed": (["--set", "sweep.seeds=[]"], "sweep.seeds: List should have at least 1 item"),
     "a typo": (["--set", "trial.train.lr_rate=0.1"], "trial.train.lr_rate: unknown key (check the spelling"),
