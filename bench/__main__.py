@@ -12,7 +12,7 @@ import sys
 import time
 import traceback
 
-PARTS = ("bench.paper", "bench.seeds", "bench.throughput", "bench.sweeps", "bench.memory", "bench.inputs")
+PARTS = ("bench.paper", "bench.seeds", "bench.throughput", "bench.sweeps", "bench.memory", "bench.inputs", "bench.search")
 
 
 def main() -> int:

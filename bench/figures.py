@@ -77,3 +77,32 @@ def paper_figure(data: dict):
     plt.close(fig)
     print(f"wrote {path}", flush=True)
     return path
+
+
+ARM_STYLE = {"grid": ("tab:gray", "s"), "grid-stop": ("tab:gray", "v"), "adaptive": ("tab:red", "o"),
+             "adaptive-stop": ("tab:red", "^")}
+
+
+def search_figure(data: dict):
+    """§6: hypervolume against optimizer steps and wall time, one panel pair per setting."""
+    settings = data["settings"]
+    fig, axes = plt.subplots(len(settings), 2, figsize=(12, 4.2 * len(settings)), dpi=100, squeeze=False)
+    for row, (name, setting) in zip(axes, settings.items()):
+        for ax, key, label in ((row[0], "optimizer_steps", "optimizer steps, all trials"), (row[1], "wall_s", "sweep wall time (s)")):
+            for arm, r in setting["arms"].items():
+                per_seed = list(r["hv"]["per_seed"].values())
+                color, marker = ARM_STYLE[arm]
+                ax.errorbar([r[key]], [np.mean(per_seed)], yerr=[np.std(per_seed, ddof=1)], fmt=marker, color=color,
+                            ms=8, capsize=3, label=f"{arm} (per seed, mean ± std)")
+                ax.scatter([r[key]], [r["hv"]["over_means"]], marker=marker, facecolors="none", edgecolors=color, s=90)
+            ax.set_xlabel(label)
+            ax.set_ylabel("hypervolume (share of the fixed box)")
+            ax.set_title(f"{name}: filled = per-seed mean, hollow = over cell means", fontsize=9)
+            ax.grid(True, alpha=0.3)
+        row[0].legend(fontsize=7)
+    fig.tight_layout()
+    path = RESULTS / "search.png"
+    fig.savefig(path)
+    plt.close(fig)
+    print(f"wrote {path}", flush=True)
+    return path

@@ -298,11 +298,65 @@ def inputs_section(data: dict) -> list[str]:
     return lines
 
 
+def search_section(data: dict) -> list[str]:
+    """§6: the adaptive search and the early stopping against the grid (``bench.search``)."""
+    from bench.search import ARMS, COARSE, GRID
+
+    seeds = data["seeds"]
+    lines = [
+        "## 6. Adaptive λ and early stopping against the grid", "",
+        f"Four real sweeps per setting (`python -m bench.search`), back to back, seeds {seeds} in every arm: `grid` "
+        f"(λ {GRID} for each of the 4 schedules, {4 * len(GRID)} cells), `grid-stop` (the same with `sweep.early_stop={{}}`: "
+        f"grace a quarter of the steps, ε 0.02, patience 2, Sequential protected), `adaptive` (`sweep.search: adaptive` "
+        f"from λ {COARSE}, budget {4 * len(GRID)} cells: the grid's trial budget) and `adaptive-stop`. Hypervolume is the "
+        "share of one box per setting, the same for its four arms: (0, 0) to 1.1 × the nadir of every finished main trial "
+        "of every arm and the initial model. *Per seed* is the front of one seed's own trials (mean ± std over seeds, "
+        "the arms paired by seed); *over means* is the sweep's front over cell means. Stopped trials count in the compute "
+        "(optimizer steps of every trial, anchors included; the sweep's wall time) and in no hypervolume.", "",
+        "![Hypervolume against compute](bench/results/search.png)", "",
+    ]
+    for name, setting in data["settings"].items():
+        lines += [f"### {name}: {setting['what']}", "",
+                  "| arm | trials | stopped | proposed cells | optimizer steps | wall | hypervolume per seed | over means |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for arm in ARMS:
+            r = setting["arms"][arm]
+            hv = list(r["hv"]["per_seed"].values())
+            lines.append(f"| {arm} | {r['trials']} | {len(r['stopped'])} | {len(r['proposals'])} | {r['optimizer_steps']:,} | "
+                         f"{r['wall_s']:.0f} s | {pm(stats.mean_std(hv), '{:.4f}')} | {r['hv']['over_means']:.4f} |")
+        q = setting["ratios"]
+        ad, st = q["adaptive/grid"], q["grid-stop/grid"]
+        worst = q["adaptive_per_schedule"]
+        behind = [f"{s} ({w['mean_difference']:+.4f}, seed std {w['grid_seed_std']:.4f})" for s, w in worst.items()
+                  if w["mean_difference"] < -w["grid_seed_std"]]
+        per = lambda r: ", ".join(f"{v:.4f}" for v in r["hypervolume"]["per_seed"])  # noqa: E731
+        differences = ", ".join(f"{s} {w['mean_difference']:+.4f}" for s, w in worst.items())
+        lines += [
+            "", "| figure | target | measured | |", "|---|---|---|---|",
+            f"| adaptive ÷ grid hypervolume, same trial budget | ≥ 1.01 | ×{ad['hypervolume']['mean']:.4f} per seed ({per(ad)}); "
+            f"×{ad['hypervolume']['over_means']:.4f} over means | {verdict(ad['hypervolume']['mean'] >= 1.01)} |",
+            f"| adaptive: schedules behind the grid by more than one seed std | none | "
+            f"{', '.join(behind) if behind else 'none'} (mean per-seed difference per schedule: "
+            f"{differences}) | {verdict(not behind)} |",
+            f"| grid-stop ÷ grid hypervolume | ≥ 0.99 | ×{st['hypervolume']['mean']:.4f} per seed ({per(st)}); "
+            f"×{st['hypervolume']['over_means']:.4f} over means | {verdict(st['hypervolume']['mean'] >= 0.99)} |",
+            f"| grid-stop ÷ grid optimizer steps | ≤ 0.60 | ×{st['optimizer_steps']:.3f} | {verdict(st['optimizer_steps'] <= 0.6)} |",
+            f"| grid-stop ÷ grid wall time | ≤ 0.70 | ×{st['wall']:.3f} | {verdict(st['wall'] <= 0.7)} |",
+        ]
+        for key in ("adaptive-stop/adaptive", "adaptive-stop/grid"):
+            r = q[key]
+            lines.append(f"| {key.replace('/', ' ÷ ')} | – | hypervolume ×{r['hypervolume']['mean']:.4f} per seed, "
+                         f"×{r['hypervolume']['over_means']:.4f} over means; optimizer steps ×{r['optimizer_steps']:.3f}; "
+                         f"wall ×{r['wall']:.3f} | |")
+        lines.append("")
+    return lines
+
+
 def main() -> None:
     paper, seeds = read_result("paper_comparison"), read_result("seeds")
     throughput, sweeps, memory = read_result("throughput"), read_result("sweeps"), read_result("memory")
-    inputs = read_result("inputs")
-    present = [r for r in (paper, seeds, throughput, sweeps, memory, inputs) if r]
+    inputs, search = read_result("inputs"), read_result("search")
+    present = [r for r in (paper, seeds, throughput, sweeps, memory, inputs, search) if r]
     if not present:
         raise SystemExit(f"no results in {RESULTS}: run `make bench` first")
     lines = header(present)
@@ -316,6 +370,11 @@ def main() -> None:
     lines += gpu_section(read_result("gpu"))
     if inputs:
         lines += inputs_section(inputs)
+    if search:
+        from bench.figures import search_figure
+
+        search_figure(search)
+        lines += search_section(search)
     analysis = ROOT / "bench" / "analysis.md"
     if analysis.exists():
         lines += [analysis.read_text().rstrip(), ""]

@@ -53,3 +53,15 @@ def test_recorded_evaluations_are_compared_against_but_judge_nothing():
     d.record("b", 0, 10, (2.0, 2.0))  # an earlier run's: no strike, no stop
     assert not d.stopped_cells and not d.strikes
     assert d.observe("c", "mix", 0.25, 0, False, 10, (3.0, 3.0)).by == "a"
+
+
+def test_a_stop_is_one_file_per_trial_and_the_first_stands(tmp_path):
+    from orchestrator import resume
+
+    assert resume.stopped(tmp_path) == {}
+    resume.record_stop(tmp_path, "maxright-lam0.5-seed0", 20, "mix-lam0.25-seed0")
+    resume.record_stop(tmp_path, "maxright-lam0.5-seed0", 40, "its cell")  # a later report, judged again
+    resume.record_stop(tmp_path, "alright-lam0.5-seed1", 30, "its cell")
+    assert resume.stop_file(tmp_path, "alright-lam0.5-seed1") == tmp_path / "trials" / "alright-lam0.5-seed1" / "stopped.json"
+    assert resume.stopped(tmp_path) == {"alright-lam0.5-seed1": {"step": 30, "by": "its cell"},
+                                        "maxright-lam0.5-seed0": {"step": 20, "by": "mix-lam0.25-seed0"}}

@@ -275,3 +275,31 @@ def test_a_tampered_or_misshapen_reference_cache_is_recomputed(tmp_path, caplog)
     assert now and torch.equal(chosen, good[0]) and "holds (3,) and (3,) values for 32 pairs" in caplog.text
     path.write_bytes(b"not safetensors")
     assert read()[2] and "is unreadable" in caplog.text
+
+
+class StopAtStep(LocalSession):
+    """A session whose report of ``at`` is followed by the driver's stop file (as the early
+    stopping writes it once it has judged that evaluation)."""
+
+    def __init__(self, stop_file, at: int):
+        super().__init__()
+        self.stop_file, self.at = stop_file, at
+
+    def report(self, metrics: dict, checkpoint_dir: str | None = None) -> None:
+        super().report(metrics, checkpoint_dir)
+        if metrics["step"] == self.at:
+            self.stop_file.write_text("{}")
+
+
+def test_a_trial_whose_stop_file_appears_ends_at_the_next_step_and_reports_its_cost(cache_dir, tmp_path):
+    stop_file = tmp_path / "trial" / "stopped.json"
+    stop_file.parent.mkdir()
+    cfg = trial(cache_dir, None, schedule="alright", lam=0.5, total_steps=40, eval_every=10)
+    cfg = cfg.model_copy(update={"stop_file": str(stop_file), "output_dir": str(tmp_path / "trial")})
+    session = StopAtStep(stop_file, at=20)
+    trajectory = fit(cfg, session)
+    assert [p["step"] for p in trajectory] == [0, 10, 20]
+    cost = session.reports[-1]  # no evaluation: the losses of step 20 are the trial's last
+    assert cost["step"] == 20 and "eval/sft_loss" not in cost
+    assert cost["updates/sft"] + cost["updates/dpo"] == 20 and cost["time/train_s"] >= trajectory[-1]["time/train_s"]
+    assert not (tmp_path / "trial" / "trajectory.json").exists(), "a stopped trial has not finished"

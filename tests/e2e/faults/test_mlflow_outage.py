@@ -1,6 +1,8 @@
 """A real ``mlflow server`` stopped mid-sweep: the sweep finishes, its trials stay in
 Tune's results on storage, and ``rightsweep sync`` backfills MLflow once the server is
-back, without duplicating what it already had."""
+back, without duplicating what it already had. The sweep is handed secrets (in its
+environment, a password in its tracking URI) and none of them reaches the server's store,
+its artifacts, the storage or any output."""
 
 import os
 import pickle
@@ -15,6 +17,7 @@ from mlflow import MlflowClient
 from tests.support.mlflowserver import MlflowServer
 from tests.support.planted import Planted
 from tests.support.raycluster import free_ports
+from tests.support.secrets import ENV_SECRETS, assert_no_secret, with_password
 
 STEPS = [0, 50, 100, 150]
 
@@ -33,13 +36,15 @@ def trial_runs(client):
 
 
 def rightsweep(*args, **kw):
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")} | ENV_SECRETS
     return subprocess.Popen([sys.executable, "-m", "orchestrator", *args], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
 
 
 def test_the_sweep_outlives_the_mlflow_server_and_sync_backfills_it(server, cache_dir, tmp_path):
-    config = ["--config", "smoke", "--set", f"storage={tmp_path / 'storage'}", "--set", f"tracking.tracking_uri={server.uri}"]
+    config = ["--config", "smoke", "--set", f"storage={tmp_path / 'storage'}",
+              "--set", f"tracking.tracking_uri={with_password(server.uri)}"]
+    outputs = {}
     sweep = rightsweep(
         "sweep", *config, "--set", f"trial.cache_dir={cache_dir}", "--set", "sweep.schedules=[mix]",
         "--set", "sweep.lams=[0.25, 0.5, 0.75]", "--set", "sweep.max_concurrent_trials=1", "--set", "trial.train.total_steps=150",
@@ -55,7 +60,9 @@ def test_the_sweep_outlives_the_mlflow_server_and_sync_backfills_it(server, cach
         time.sleep(0.5)  # each poll is work for the server on a 2-core machine
     server.stop(signal.SIGKILL)  # one trial is in MLflow; the rest of the sweep runs without it
     out, err = sweep.communicate(timeout=600)
+    outputs["sweep"] = out + err
     assert sweep.returncode == 0, err[-4000:]
+    assert "alice:***@" in out + err
     assert "MLflow unavailable" in err
     assert "run `rightsweep sync --experiment smoke`" in out
     assert len((tmp_path / "storage" / "smoke" / "report" / "pareto.csv").read_text().splitlines()) == 1 + 3
@@ -71,6 +78,7 @@ def test_the_sweep_outlives_the_mlflow_server_and_sync_backfills_it(server, cach
     (tmp_path / "storage" / "smoke" / "tune" / "grid" / "tuner.pkl").write_bytes(pickle.dumps(Planted(marker)))
     sync = rightsweep("sync", *config, "--experiment", "smoke")
     out, err = sync.communicate(timeout=300)
+    outputs["sync"] = out + err
     assert not marker.exists()
     assert sync.returncode == 0, err[-4000:]
     assert "MLflow has the 3 trial run(s) of sweep 'smoke'" in out
@@ -82,10 +90,15 @@ def test_the_sweep_outlives_the_mlflow_server_and_sync_backfills_it(server, cach
         assert sorted(m.step for m in client.get_metric_history(r.info.run_id, "eval/sft_loss")) == STEPS
     parent = client.get_run(runs[0].data.tags["mlflow.parentRunId"])
     assert parent.info.status == "FINISHED" and "hypervolume/all" in parent.data.metrics
+    assert parent.data.params["tracking.tracking_uri"] == f"http://alice:***@127.0.0.1:{server.port}"
 
     again = rightsweep("sync", *config, "--experiment", "smoke")
-    out, _ = again.communicate(timeout=300)
+    out, err = again.communicate(timeout=300)
+    outputs["second sync"] = out + err
     assert again.returncode == 0 and "0 missing point(s) copied" in out
     assert len(trial_runs(client)) == 3
     for r in runs:
         assert len(client.get_metric_history(r.info.run_id, "eval/sft_loss")) == len(STEPS)
+    files = {p.name for p in tmp_path.rglob("*")}
+    assert "config.yaml" in files and "mlflow.db" in files  # the server's store and artifacts are looked in
+    assert_no_secret(outputs, [tmp_path])

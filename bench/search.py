@@ -1,0 +1,148 @@
+"""§6, the adaptive λ search and the early stopping against the grid: four real
+``rightsweep sweep`` runs per setting, back to back on one private local Ray each, the
+same seeds in every arm (paired by seed):
+
+- ``grid``: 5 λ per schedule (0.1, 0.3, …, 0.9), 20 cells;
+- ``grid-stop``: the same grid under ``sweep.early_stop`` (its defaults);
+- ``adaptive``: ``sweep.search: adaptive`` from λ {0.25, 0.75}, up to the grid's 20 cells;
+- ``adaptive-stop``: the same under the early stopping.
+
+Hypervolume is the share of one box per setting, fixed across its arms: from (0, 0) to
+1.1 × the nadir of every finished main trial of every arm and the initial model. Per seed,
+it is that of the seed's own trials; "over means" that of the cells' seed means (the
+sweep's front). Stopped trials count in the compute (optimizer steps, wall time), never
+in a hypervolume.
+
+    python -m bench.search [setting ...]    # default: every setting
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import WORK, quiet_offline, read_result, write_result
+from bench.sweeps import run_sweep
+
+SEEDS = [0, 1, 2]
+GRID = [0.1, 0.3, 0.5, 0.7, 0.9]
+COARSE = [0.25, 0.75]
+STOP = "sweep.early_stop={}"
+ARMS = {
+    "grid": [f"sweep.lams={GRID}"],
+    "grid-stop": [f"sweep.lams={GRID}", STOP],
+    "adaptive": ["sweep.search=adaptive", f"sweep.lams={COARSE}", f"sweep.budget={4 * len(GRID)}"],
+    "adaptive-stop": ["sweep.search=adaptive", f"sweep.lams={COARSE}", f"sweep.budget={4 * len(GRID)}", STOP],
+}
+SETTINGS = {
+    # name: (preset, overrides, what it is)
+    "default": ("default", [], "the embedded default (600 steps, β 0.1, lr 3e-3)"),
+    # The same data under a DPO five times as sharp: each pair's log-ratio pulls harder, so the
+    # preference objective moves the model further from the SFT optimum per step.
+    "sharp-dpo": ("default", ["trial.train.beta=0.5"], "the embedded default with DPO β 0.5"),
+}
+
+
+def end_points(cfg, sweep_dir: Path) -> tuple[list[dict], tuple[float, float]]:
+    """Each finished, unstopped main trial's last evaluation; and the initial model's point."""
+    from orchestrator import resume
+    from workers import metrics
+
+    stops, out, initial = resume.stopped(sweep_dir), [], None
+    for p in resume.sweep_points_on_storage(cfg, sweep_dir):
+        trajectory = resume.finished_trajectory(sweep_dir, p.label)
+        if trajectory is None or p.label in stops:
+            continue
+        initial = (trajectory[0][metrics.SFT_LOSS], trajectory[0][metrics.DPO_LOSS])
+        if not p.is_anchor:
+            out.append({"schedule": p.schedule, "lam": p.lam, "seed": p.seed,
+                        "sft": trajectory[-1][metrics.SFT_LOSS], "dpo": trajectory[-1][metrics.DPO_LOSS]})
+    return out, initial
+
+
+def run_arm(setting: str, arm: str) -> dict:
+    from orchestrator import resume
+    from orchestrator.config import load_config
+
+    preset, overrides, _ = SETTINGS[setting]
+    name = f"search-{setting}-{arm}"
+    sets = [*overrides, f"sweep.seeds={SEEDS}", *ARMS[arm]]
+    print(f"{name}: {' '.join(ARMS[arm])}", flush=True)
+    r = run_sweep(name, preset, sets)
+    cfg = load_config(preset, [f"storage={r['storage']}", f"name={name}", *sets])
+    sweep_dir = Path(r["storage"]) / name
+    points, initial = end_points(cfg, sweep_dir)
+    spent = resume.compute_spent(cfg, sweep_dir)
+    out = {"overrides": sets, "wall_s": r["wall_s"], "initial": initial, "points": points, **spent,
+           "stopped": resume.stopped(sweep_dir), "proposals": resume.proposals(sweep_dir)}
+    print(f"  {spent['trials']} trials, {spent['optimizer_steps']} optimizer steps, {r['wall_s']:.0f} s; "
+          f"{len(out['stopped'])} stopped, {len(out['proposals'])} proposed", flush=True)
+    return out
+
+
+def hypervolumes(arm: dict, reference: tuple[float, float]) -> dict:
+    """Per seed and over cell means, all schedules and each alone."""
+    from orchestrator.pareto import normalised_hypervolume
+
+    def hv(rows):
+        return normalised_hypervolume([(r["sft"], r["dpo"]) for r in rows], reference)
+
+    schedules = sorted({p["schedule"] for p in arm["points"]})
+    per_seed = {str(s): hv([p for p in arm["points"] if p["seed"] == s]) for s in SEEDS}
+    per_schedule = {sch: {str(s): hv([p for p in arm["points"] if p["seed"] == s and p["schedule"] == sch]) for s in SEEDS}
+                    for sch in schedules}
+    cells: dict[tuple[str, float], list[dict]] = {}
+    for p in arm["points"]:
+        cells.setdefault((p["schedule"], p["lam"]), []).append(p)
+    means = [{"sft": np.mean([r["sft"] for r in rows]), "dpo": np.mean([r["dpo"] for r in rows])} for rows in cells.values()]
+    return {"per_seed": per_seed, "over_means": hv(means), "per_schedule": per_schedule}
+
+
+def compare(arms: dict) -> dict:
+    """The ratios the issue asks for, paired by seed."""
+    def ratio(a: str, b: str, key: str) -> float:
+        return arms[a][key] / arms[b][key]
+
+    def hv_ratios(a: str, b: str) -> dict:
+        per = [arms[a]["hv"]["per_seed"][str(s)] / arms[b]["hv"]["per_seed"][str(s)] for s in SEEDS]
+        return {"per_seed": per, "mean": statistics.mean(per), "over_means": arms[a]["hv"]["over_means"] / arms[b]["hv"]["over_means"]}
+
+    out = {}
+    for a, b in (("adaptive", "grid"), ("grid-stop", "grid"), ("adaptive-stop", "adaptive"), ("adaptive-stop", "grid")):
+        out[f"{a}/{b}"] = {"hypervolume": hv_ratios(a, b), "optimizer_steps": ratio(a, b, "optimizer_steps"),
+                           "wall": ratio(a, b, "wall_s"), "trials": ratio(a, b, "trials")}
+    worst = {}
+    for sch, grid_hv in arms["grid"]["hv"]["per_schedule"].items():
+        ad = arms["adaptive"]["hv"]["per_schedule"].get(sch, {str(s): 0.0 for s in SEEDS})
+        diff = statistics.mean(ad[str(s)] - grid_hv[str(s)] for s in SEEDS)
+        worst[sch] = {"mean_difference": diff, "grid_seed_std": statistics.stdev(grid_hv[str(s)] for s in SEEDS)}
+    out["adaptive_per_schedule"] = worst
+    return out
+
+
+def main() -> None:
+    quiet_offline()
+    names = sys.argv[1:] or list(SETTINGS)
+    out = {k: v for k, v in ((read_result("search") or {}).get("settings") or {}).items() if k in SETTINGS and k not in names}
+    for setting in names:
+        arms = {arm: run_arm(setting, arm) for arm in ARMS}
+        every = [(p["sft"], p["dpo"]) for a in arms.values() for p in a["points"]] + [tuple(arms["grid"]["initial"])]
+        nadir = np.max(np.asarray(every), axis=0)
+        reference = (float(1.1 * nadir[0]), float(1.1 * nadir[1]))
+        for a in arms.values():
+            a["hv"] = hypervolumes(a, reference)
+        result = {"what": SETTINGS[setting][2], "reference": reference, "arms": arms, "ratios": compare(arms)}
+        for key, r in result["ratios"].items():
+            if "hypervolume" in r:
+                print(f"  {key}: hypervolume ×{r['hypervolume']['mean']:.4f} (per seed "
+                      f"{', '.join(f'{v:.4f}' for v in r['hypervolume']['per_seed'])}), optimizer steps ×{r['optimizer_steps']:.3f}, "
+                      f"wall ×{r['wall']:.3f}", flush=True)
+        out[setting] = result
+        write_result("search", {"settings": out, "seeds": SEEDS}, " ".join(["python -m bench.search", *sys.argv[1:]]))
+
+
+if __name__ == "__main__":
+    main()
