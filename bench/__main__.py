@@ -1,4 +1,5 @@
-"""``make bench``: every benchmark, then BENCHMARKS.md. Offline; about 48 minutes on 2 cores (41 measured before bench.memory, which took 7).
+"""``make bench``: every benchmark, then BENCHMARKS.md. Offline; about 2 hours on 2 cores (41 minutes measured
+before bench.memory, which took 7; bench.inputs 25, bench.search 53).
 
 Each part writes ``bench/results/<part>.json`` as it finishes, so one part can be rerun
 alone (``python -m bench.paper``, ``bench.throughput``, ``bench.sweeps``) and the report

@@ -71,8 +71,12 @@ def paper_figure(data: dict):
     ax_r.legend(fontsize=8)
 
     fig.suptitle(f"Embedded default, {data['setup']['total_steps']} steps, {len(data['setup']['seeds'])} seeds", fontsize=11)
+    return save(fig, "paper_comparison.png")
+
+
+def save(fig, name: str):
     fig.tight_layout()
-    path = RESULTS / "paper_comparison.png"
+    path = RESULTS / name
     fig.savefig(path)
     plt.close(fig)
     print(f"wrote {path}", flush=True)
@@ -100,9 +104,4 @@ def search_figure(data: dict):
             ax.set_title(f"{name}: filled = per-seed mean, hollow = over cell means", fontsize=9)
             ax.grid(True, alpha=0.3)
         row[0].legend(fontsize=7)
-    fig.tight_layout()
-    path = RESULTS / "search.png"
-    fig.savefig(path)
-    plt.close(fig)
-    print(f"wrote {path}", flush=True)
-    return path
+    return save(fig, "search.png")
