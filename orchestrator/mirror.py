@@ -133,7 +133,8 @@ class MlflowSync:
             run_id = self._run(t, trial)
             if ok and trial.last_result.get("time_total_s") is not None:
                 t.set_tags(run_id, {"rightsweep.trial_wall_s": f"{trial.last_result['time_total_s']:.2f}"})
-            stop = resume.stopped(Path(self.storage) / self.experiment).get(Point.from_dict(trial.config["point"]).label)
+            label = Point.from_dict(trial.config["point"]).label
+            stop = resume.read_json(resume.stop_file(Path(self.storage) / self.experiment, label), None)
             if stop:
                 t.set_tags(run_id, stop_tags(stop))
             t.finish(run_id, ok)

@@ -184,7 +184,7 @@ def compute_spent(cfg, sweep_dir: Path) -> dict:
     clock), summed; and how many trials that is."""
     steps = seconds = trials = 0
     for p in sweep_points_on_storage(cfg, sweep_dir):
-        reported = reported_points(sweep_dir, p.label) + list(_result_rows(sweep_dir, p.label))
+        reported = list(_result_rows(sweep_dir, p.label)) + (finished_trajectory(sweep_dir, p.label) or [])
         if reported:
             last = max(reported, key=lambda row: (int(row[metrics.STEP]), float(row.get(metrics.TRAIN_S, 0.0))))
             steps += int(last[metrics.STEP])
