@@ -7,6 +7,7 @@ grows within a process) and cold-start costs, which every trial then pays alike.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import platform
@@ -31,11 +32,17 @@ def machine() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     mem_kb = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")))
-    import ray
+
+    def version(package: str) -> str | None:  # bench.gpu runs where Ray is not installed
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return None
 
     return {
         "cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem_kb / 2**20, 1),
-        "python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__,
+        "python": platform.python_version(), "torch": torch.__version__, "ray": version("ray"),
+        "transformers": version("transformers"),
         "torch_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
 

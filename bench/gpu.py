@@ -35,7 +35,7 @@ PRESETS = {"pythia-1b": "EleutherAI/pythia-1b", "llama3-8b-lora": "meta-llama/Me
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "L4": 121e12}
 TINY_SHAPES = {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
                "num_key_value_heads": 2, "vocab_size": 512}
-STEP_BUDGET_S = 150  # per model and objective: the whole check stays under 8 minutes
+STEP_BUDGET_S = 60  # per model and objective (--budget): the whole check stays under 8 minutes
 
 
 def peak_flops(device: torch.device) -> float | None:
@@ -186,7 +186,7 @@ def peak_memory(device) -> float | None:
     return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
 
 
-def check_preset(preset: str, tiny: bool, steps: int, device: torch.device) -> dict:
+def check_preset(preset: str, tiny: bool, steps: int, budget_s: float, device: torch.device) -> dict:
     from workers.estimate import estimate
 
     cfg, config = load_preset(preset, tiny)
@@ -201,7 +201,7 @@ def check_preset(preset: str, tiny: bool, steps: int, device: torch.device) -> d
            "batch_size": t.batch_size, "micro_batch_size": t.micro_batch, "max_len": cfg.trial.data.max_len,
            "gradient_checkpointing": t.gradient_checkpointing}}
     for name in ("sft", "dpo"):
-        out[name] = run_objective(name, cfg, parts, config, device, steps, STEP_BUDGET_S)
+        out[name] = run_objective(name, cfg, parts, config, device, steps, budget_s)
         o = out[name]
         mfu = f", MFU {o['mfu']:.1%}" if o["mfu"] is not None else ""
         print(f"  {name}: {o['steps']} steps, {o['tokens_per_s']:.0f} tokens/s, "
@@ -227,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__.split("\n\n")[0])
     ap.add_argument("--tiny", action="store_true", help="scaled-down models on CPU: checks the code, measures nothing")
     ap.add_argument("--steps", type=int, help="optimizer steps per objective (default 200; 3 with --tiny)")
+    ap.add_argument("--budget", type=float, default=STEP_BUDGET_S,
+                    help=f"seconds per preset and objective at most (default {STEP_BUDGET_S})")
     ap.add_argument("--out", help="result file (default bench/results/gpu.json)")
     args = ap.parse_args(argv)
     quiet_offline()
@@ -236,13 +238,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     steps = args.steps or (3 if args.tiny else 200)
     started = time.perf_counter()
-    results = {name: check_preset(name, args.tiny, steps, device) for name in PRESETS}
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    data = {"machine": machine(), "command": "python -m bench.gpu" + (" --tiny" if args.tiny else ""), "device": gpu,
-            "tiny": args.tiny, "seconds": time.perf_counter() - started, "presets": results}
     out = Path(args.out) if args.out else RESULTS / "gpu.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(data, indent=1))
+    data = {"machine": machine(), "command": "python -m bench.gpu" + (" --tiny" if args.tiny else ""), "device": gpu,
+            "tiny": args.tiny, "seconds": 0.0, "presets": {}}
+    for name in PRESETS:  # written after each preset: a check cut short keeps what it measured
+        data["presets"][name] = check_preset(name, args.tiny, steps, args.budget, device)
+        data["seconds"] = time.perf_counter() - started
+        out.write_text(json.dumps(data, indent=1))
     print(f"wrote {out} in {data['seconds']:.0f} s", flush=True)
     return 0
 
