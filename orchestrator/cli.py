@@ -55,6 +55,10 @@ def parser() -> argparse.ArgumentParser:
     _common(es)
     es.add_argument("--gpu-memory-gb", type=float, help="one GPU's memory in GB (default: resources.gpu_memory_gb)")
 
+    ins = sub.add_parser("inspect", help="what the model's tokenizer makes of the data: rows, splits, token lengths, "
+                         "what fits max_len (seconds, no Ray)")
+    _common(ins)
+
     ui = sub.add_parser("ui", help="serve the MLflow UI on the sweep store (127.0.0.1)")
     _common(ui)
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
@@ -186,6 +190,12 @@ def cmd_estimate(args) -> int:
     return 0 if fits else 1
 
 
+def cmd_inspect(args) -> int:
+    from orchestrator.inspection import inspect
+
+    return inspect(load_config(args.config, args.overrides))
+
+
 def cmd_ui(args) -> int:
     import subprocess
 
@@ -194,7 +204,8 @@ def cmd_ui(args) -> int:
     from orchestrator.tracking import tracking_uri
 
     uri = tracking_uri(cfg.tracking.tracking_uri, cfg.storage)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port),
+           "--workers", "1"]  # one user's browser: MLflow's default 4 worker processes only slow the start
     print(f"MLflow UI on http://{args.host}:{args.port} for {redact_text(uri)}", flush=True)
     return subprocess.call(cmd)
 
@@ -204,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return {"train": cmd_train, "sweep": cmd_sweep, "pareto": cmd_pareto, "sync": cmd_sync, "estimate": cmd_estimate,
-                "ui": cmd_ui}[args.command](args)
+                "inspect": cmd_inspect, "ui": cmd_ui}[args.command](args)
     except ConfigError as e:
         for line in str(e).splitlines():
             print(f"rightsweep: config error: {line}", file=sys.stderr)

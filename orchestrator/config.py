@@ -224,6 +224,14 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+def merged(old: Any, new: Any) -> Any:
+    """``new`` over ``old``, a section (dict) key by key: ``--set trial.data.pref={source: x.jsonl}``
+    changes the source and keeps the preset's other fields of that dataset."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return {**old, **{k: merged(old.get(k), v) for k, v in new.items()}}
+    return new
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     for item in overrides:
         path, value = parse_override(item)
@@ -233,7 +241,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             if not isinstance(child, dict):
                 raise ConfigError(f"--set {item!r}: {part!r} is not a section")
             node = child
-        node[path[-1]] = value
+        node[path[-1]] = merged(node.get(path[-1]), value)
     return raw
 
 

@@ -119,6 +119,17 @@ def check_model(spec: ModelSpec) -> ModelSpec:
     return spec
 
 
+def check_positions(cfg: ExperimentConfig) -> None:
+    """A max_len beyond the model's position embeddings fails in the first forward pass, after
+    Ray, the token cache and the reference pass; refused here instead."""
+    from workers.model import max_positions
+
+    limit, max_len = max_positions(cfg.trial.model, cfg.trial.cache_dir), cfg.trial.data.max_len
+    if limit is not None and max_len > limit:
+        raise ConfigError(f"trial.data.max_len: {max_len} is longer than the {limit} positions of the model "
+                          f"{cfg.trial.model.name!r}; allowed: at most {limit}")
+
+
 def check_storage(storage: str) -> None:
     root = Path(storage)
     try:
@@ -163,5 +174,6 @@ def preflight(cfg: ExperimentConfig) -> ExperimentConfig:
     check_dataset("trial.data.pref", cfg.trial.data.pref)
     check_storage(cfg.storage)
     cfg = cfg.model_copy(update={"trial": cfg.trial.model_copy(update={"model": model})})
+    check_positions(cfg)
     check_memory(cfg)
     return cfg

@@ -9,10 +9,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from orchestrator.pareto import Cell, Interval, Summary
-from workers.metrics import DPO_LOSS, GEN_PREF_WIN_RATE, GEN_SFT_ACCURACY, SAMPLES, SFT_LOSS
-from workers.schedules import SCHEDULES
+from orchestrator.plots import plot, plot_steps
+from workers.metrics import SAMPLES
 
-COLORS = dict(zip(SCHEDULES, ("tab:green", "tab:purple", "tab:red", "tab:blue")))
 TRIAL_COLUMNS = [
     ("schedule", "schedule", "{}"), ("λ", "lam", "{:g}"), ("seed", "seed", "{}"),
     ("f_SFT", "sft_loss", "{:.4f}"), ("f_DPO", "dpo_loss", "{:.4f}"),
@@ -193,124 +192,18 @@ def _write_csv(path: Path, records: list[dict]) -> None:
 
 
 def write_artifacts(summary: Summary, trajectories: dict[str, list[dict]], out_dir: str | Path) -> dict[str, Path]:
-    """pareto.csv (every trial), pareto_cells.csv (seed means), pareto.json, pareto.png and
-    samples.md (the front points' answers) in ``out_dir``."""
+    """pareto.csv (every trial), pareto_cells.csv (seed means), pareto.json, pareto.png,
+    pareto_steps.png (both losses over the steps) and samples.md (the front points' answers)
+    in ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out / "pareto.csv", "cells": out / "pareto_cells.csv", "json": out / "pareto.json", "png": out / "pareto.png",
-             "samples": out / "samples.md"}
+             "samples": out / "samples.md", "steps": out / "pareto_steps.png"}
     _write_csv(paths["csv"], summary.as_records())
     _write_csv(paths["cells"], [cell_record(c) for c in summary.cells])
     samples = front_samples(summary, trajectories)
     paths["json"].write_text(json.dumps(summary_json(summary, samples), indent=1))
     paths["samples"].write_text(samples_markdown(samples))
     plot(summary, trajectories, paths["png"])
+    plot_steps(summary, trajectories, paths["steps"])
     return paths
-
-
-def _errors(ivs: list[Interval], top: float = math.inf) -> list[list[float]]:
-    """Matplotlib's asymmetric error bars, cut at 0 (a loss or a rate is never negative) and
-    at ``top`` (a rate is at most 1); none where there is no interval."""
-    return [[iv.mean - max(iv.low, 0.0) if iv.known else 0.0 for iv in ivs],
-            [min(iv.high, top) - iv.mean if iv.known else 0.0 for iv in ivs]]
-
-
-def plot(summary: Summary, trajectories: dict[str, list[dict]], path: Path) -> None:
-    """The loss front, and beside it the behaviour front when the trials generated."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    behaviour = bool(summary.behaviour_hypervolume)
-    fig, axes = plt.subplots(1, 2 if behaviour else 1, figsize=(14, 6) if behaviour else (7.5, 6), dpi=110, squeeze=False)
-    _loss_panel(axes[0][0], summary, trajectories)
-    if behaviour:
-        _behaviour_panel(axes[0][1], summary, trajectories)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def _seeds_and_intervals(ax, summary: Summary, schedule: str, x: str, y: str, top: float = math.inf) -> list[Cell]:
-    """One schedule's single seeds (small dots), its cells' 95 % intervals and λ labels on
-    the axes ``x``, ``y`` (fields of a row and of a cell); returns its cells."""
-    color = COLORS.get(schedule, "grey")
-    seeds = [r for r in summary.rows if r.schedule == schedule]
-    ax.scatter([getattr(r, x) for r in seeds], [getattr(r, y) for r in seeds], color=color, s=8, alpha=0.35, zorder=2)
-    cells = [c for c in summary.cells if c.schedule == schedule]
-    xs, ys = [getattr(c, x) for c in cells], [getattr(c, y) for c in cells]
-    ax.errorbar([v.mean for v in xs], [v.mean for v in ys], xerr=_errors(xs, top), yerr=_errors(ys, top),
-                fmt="none", ecolor=color, elinewidth=0.9, capsize=2, zorder=3)
-    for c, vx, vy in zip(cells, xs, ys):
-        ax.annotate(f"{c.lam:g}", (vx.mean, vy.mean), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    return cells
-
-
-def _loss_panel(ax, summary: Summary, trajectories: dict[str, list[dict]]) -> None:
-    for r in summary.rows:
-        traj = [p for p in trajectories.get(r.trial_id, []) if SFT_LOSS in p and DPO_LOSS in p]
-        if traj:
-            ax.plot([p[SFT_LOSS] for p in traj], [p[DPO_LOSS] for p in traj],
-                    color=COLORS.get(r.schedule, "grey"), alpha=0.15, lw=0.7)
-    for schedule in sorted({c.schedule for c in summary.cells}):
-        color = COLORS.get(schedule, "grey")
-        cells = _seeds_and_intervals(ax, summary, schedule, "sft_loss", "dpo_loss")
-        solid = [c for c in cells if not c.not_separable]
-        ax.scatter([c.sft_loss.mean for c in solid], [c.dpo_loss.mean for c in solid], color=color, label=schedule,
-                   s=44, zorder=4, edgecolor="white", linewidth=0.5)
-        hollow = [c for c in cells if c.not_separable]
-        ax.scatter([c.sft_loss.mean for c in hollow], [c.dpo_loss.mean for c in hollow], facecolor="white",
-                   edgecolor=color, s=44, zorder=4, linewidth=1.2)
-        front = summary.front(schedule)
-        ax.plot([c.sft_loss.mean for c in front], [c.dpo_loss.mean for c in front], color=color, ls="--", lw=1.0, zorder=2)
-    front = summary.front()
-    ax.plot([c.sft_loss.mean for c in front], [c.dpo_loss.mean for c in front], color="black", lw=1.6,
-            label="Pareto front (seed means)", zorder=2)
-    a = summary.anchors
-    if a is not None:
-        ax.scatter([a.f_star_sft], [a.f_star_dpo], marker="*", s=220, color="black", label="ideal point (f*)", zorder=5)
-    ini = summary.initial_point
-    ax.scatter([ini[0]], [ini[1]], marker="x", s=60, color="grey", label="initial model", zorder=5)
-    # Log scales show both ends of the front; the DPO loss gets a linear stretch near 0, where
-    # a DPO-only trial drives it (to 1e-9 and below) and a log axis would spend its height.
-    if all(r.sft_loss > 0 for r in summary.rows) and (a is None or a.f_star_sft > 0):
-        ax.set_xscale("log")
-    ax.set_yscale("symlog", linthresh=1e-2)
-    ax.set_ylim(bottom=0)
-    ax.set_xlabel("held-out SFT loss f_SFT")
-    ax.set_ylabel("held-out DPO loss f_DPO")
-    n = sorted({len(c.seeds) for c in summary.cells})
-    ax.set_title(f"Losses: seed means with 95 % intervals ({'/'.join(map(str, n))} seeds; hollow: not separable from the "
-                 "front),\nsingle seeds (small dots) and trajectories (labels: λ)", fontsize=9)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-
-
-def _behaviour_panel(ax, summary: Summary, trajectories: dict[str, list[dict]]) -> None:
-    """(SFT accuracy, win rate), both maximised: the front runs along the top right."""
-    for r in summary.rows:
-        traj = [p for p in trajectories.get(r.trial_id, []) if GEN_SFT_ACCURACY in p and GEN_PREF_WIN_RATE in p]
-        if traj:
-            ax.plot([p[GEN_SFT_ACCURACY] for p in traj], [p[GEN_PREF_WIN_RATE] for p in traj],
-                    color=COLORS.get(r.schedule, "grey"), alpha=0.15, lw=0.7)
-    for schedule in sorted({c.schedule for c in summary.cells}):
-        cells = _seeds_and_intervals(ax, summary, schedule, "sft_accuracy", "pref_win_rate", top=1.0)
-        ax.scatter([c.sft_accuracy.mean for c in cells], [c.pref_win_rate.mean for c in cells],
-                   color=COLORS.get(schedule, "grey"), label=schedule, s=44, zorder=4, edgecolor="white", linewidth=0.5)
-    front = summary.behaviour_front()
-    ax.plot([c.sft_accuracy.mean for c in front], [c.pref_win_rate.mean for c in front], color="black", lw=1.6,
-            label="behaviour front (seed means)", zorder=2)
-    markers = {"sft": ("s", "SFT anchors"), "dpo": ("D", "DPO anchors")}
-    for objective, (acc, win) in summary.anchor_behaviour.items():
-        ax.scatter([acc], [win], marker=markers[objective][0], s=60, color="black", label=markers[objective][1], zorder=5)
-    ini = summary.initial_behaviour
-    ax.scatter([ini[0]], [ini[1]], marker="x", s=60, color="grey", label="initial model", zorder=5)
-    ax.set_xlim(-0.03, 1.03)
-    ax.set_ylim(-0.03, 1.03)
-    ax.set_xlabel("gen/sft_accuracy (held-out SFT prompts)")
-    ax.set_ylabel("gen/pref_win_rate (held-out preference prompts)")
-    ax.set_title("Behaviour: greedy generations, judged; seed means with 95 % intervals\n"
-                 "(higher is better on both axes; labels: λ)", fontsize=9)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="best")

@@ -67,6 +67,9 @@ class ModelSpec(Section):
         return data
 
 
+EVAL_SIZE = 64  # held-out rows of a dataset with at least 5 × as many distinct prompts
+
+
 class DatasetSpec(Section):
     source: str = Field(EMBEDDED, description="'embedded', a hub dataset name, or a local .json/.jsonl/.parquet")
     preset: Literal["alpaca", "hh", "custom"] | None = Field(
@@ -79,7 +82,10 @@ class DatasetSpec(Section):
     )
     split: str = "train"
     eval_split: str | None = Field(None, description="named held-out split; else eval_size rows are held out")
-    eval_size: int = Field(64, gt=0, description="held-out rows (taken from the training split unless eval_split)")
+    eval_size: int | None = Field(
+        None, gt=0, description="held-out rows (taken from the training split unless eval_split); default: 64, or a "
+        "fifth of the distinct prompts of a smaller dataset"
+    )
     max_rows: int | None = Field(None, gt=0, description="use at most this many training rows")
     template: str | None = Field(
         None, description="prompt template with {prompt}; default 'User: {prompt}\\nAssistant: ' ('{prompt}' for hh)"
@@ -91,6 +97,11 @@ class DatasetSpec(Section):
         if v is not None and "{prompt}" not in v:
             raise ValueError("template must contain '{prompt}'")
         return v
+
+    def held_out(self, prompts: int) -> int:
+        """``eval_size``, or its default for a dataset of ``prompts`` distinct prompts: 64, or a
+        fifth of a smaller dataset's prompts (at least 1), so a small file keeps most rows to train on."""
+        return self.eval_size if self.eval_size is not None else min(EVAL_SIZE, max(1, prompts // 5))
 
     @property
     def is_local(self) -> bool:

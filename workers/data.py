@@ -179,15 +179,16 @@ def dedupe(rows: Rows) -> tuple[Rows, int]:
     return rows.take(keep), len(rows) - len(keep)
 
 
-def split_by_prompt(rows: Rows, eval_size: int, seed: int, field: str) -> tuple[Rows, Rows, SplitCounts]:
+def split_by_prompt(rows: Rows, spec: DatasetSpec, seed: int, field: str) -> tuple[Rows, Rows, SplitCounts]:
     """(train, held-out): whole prompts are held out, in a seeded order, until their rows
-    reach ``eval_size``; no held-out prompt has a training row. Splitting by row index
+    reach ``spec.held_out``; no held-out prompt has a training row. Splitting by row index
     instead let copies of a training row into the held-out set."""
     counts = SplitCounts(rows=len(rows))
     rows, counts.duplicates = dedupe(rows)
     groups: dict[str, list[int]] = {}
     for i, p in enumerate(rows.prompts):
         groups.setdefault(p, []).append(i)
+    eval_size = spec.held_out(len(groups))
     counts.shared_prompt = sum(len(g) for g in groups.values() if len(g) > 1)
     prompts = list(groups)
     held, held_prompts = [], set()
@@ -235,13 +236,13 @@ def load_split(spec: DatasetSpec, kind: str, seed: int, cache_dir: str) -> Split
     rows = read_rows(load_table(spec.source, spec.split), spec, kind)
     if spec.eval_split is not None:
         held, held_duplicates = dedupe(read_rows(load_table(spec.source, spec.eval_split), spec, kind))
-        held = held.take(range(min(spec.eval_size, len(held))))
+        held = held.take(range(min(spec.held_out(len(set(held.prompts))), len(held))))
         train, duplicates = dedupe(rows)
         counts = SplitCounts(rows=len(rows), duplicates=duplicates + held_duplicates, held_prompts=len(set(held.prompts)))
         split = Split(kind, spec.source, train, held, counts).without_training_prompts(set(held.prompts))
         train = split.train
     else:
-        train, held, counts = split_by_prompt(rows, spec.eval_size, seed, field)
+        train, held, counts = split_by_prompt(rows, spec, seed, field)
     if spec.max_rows is not None:
         train = train.take(range(min(spec.max_rows, len(train))))
     return Split(kind, spec.source, train, held, counts)
@@ -259,25 +260,33 @@ def load_tokenized(data: DataSpec, tokenizer, cache_dir: str):
     return _tokenized(data, tokenizer, cache_dir)[0]
 
 
-def _tokenized(data: DataSpec, tokenizer, cache_dir: str) -> tuple[tuple[TokenTable, ...], list[str]]:
-    """``load_tokenized``'s tables and the lines it logged (the token cache keeps them)."""
+def load_splits(data: DataSpec, cache_dir: str) -> tuple[Split, Split]:
+    """Both datasets held out by prompt, each training set without the other's held-out prompts."""
     sft = load_split(data.sft, "sft", data.seed, cache_dir)
     pref = load_split(data.pref, "pref", data.seed, cache_dir)
-    sft, pref = sft.without_training_prompts(set(pref.held.prompts)), pref.without_training_prompts(set(sft.held.prompts))
+    return sft.without_training_prompts(set(pref.held.prompts)), pref.without_training_prompts(set(sft.held.prompts))
+
+
+def require_rows(kind: str, name: str, source: str, counts: "Counts", max_len: int) -> None:
+    if counts.rows == 0:
+        raise ConfigError(f"trial.data.max_len: no {kind} {name} row of {source} fits in "
+                          f"max_len={max_len} ({counts}); raise max_len or shorten the prompts")
+
+
+def _tokenized(data: DataSpec, tokenizer, cache_dir: str) -> tuple[tuple[TokenTable, ...], list[str]]:
+    """``load_tokenized``'s tables and the lines it logged (the token cache keeps them)."""
     out, notes = [], []
 
     def note(line: str) -> None:
         log.info("%s", line)
         notes.append(line)
 
-    for split in (sft, pref):
+    for split in load_splits(data, cache_dir):
         note(f"{split.kind} data from {split.source}: {split.counts}")
         for name, rows in (("train", split.train), ("eval", split.held)):
             table, counts = tokenize(rows, split.kind, tokenizer, data.max_len)
             note(f"{split.kind} {name} data: {counts}")
-            if counts.rows == 0:
-                raise ConfigError(f"trial.data.max_len: no {split.kind} {name} row of {split.source} fits in "
-                                  f"max_len={data.max_len} ({counts}); raise max_len or shorten the prompts")
+            require_rows(split.kind, name, split.source, counts, data.max_len)
             out.append(table)
     return tuple(out), notes
 

@@ -62,6 +62,17 @@ def test_overrides_parse_yaml_values():
             parse_override(bad)
 
 
+def test_a_dataset_override_keeps_the_presets_other_fields():
+    """pythia-1b's preference data is rm-hh-rlhf with eval_split test and eval_size 500: a new
+    source keeps them; a field of a nested dict merges too; a scalar or list replaces."""
+    cfg = load_config("pythia-1b", ["trial.data.pref={source: other/pairs, columns: {chosen: better}}"])
+    pref = cfg.trial.data.pref
+    assert (pref.source, pref.eval_split, pref.eval_size, pref.preset) == ("other/pairs", "test", 500, "hh")
+    assert pref.columns == {"prompt": "prompt", "chosen": "better", "rejected": "rejected"}
+    assert load_config("default", ["sweep.lams=[0.5]"]).sweep.lams == [0.5]
+    assert load_config("smoke", ["trial.data.sft={source: /x/a.jsonl}"]).trial.data.sft.eval_size == 32
+
+
 def test_help_is_fast_and_imports_no_ray_or_torch():
     code = "import sys; from orchestrator.cli import parser; parser(); print(sorted(m for m in ('ray', 'torch', 'transformers') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -137,13 +137,22 @@ def test_split_is_by_prompt_and_drops_exact_duplicates():
     once. Holding out 3 rows takes whole prompts; no held-out prompt keeps a training row."""
     rows = Rows(["p0", "p0", "p1", "p1", "p2", "p3", "p4", "p5"], [("a",), ("a",), ("b",), ("c",), ("d",), ("e",), ("f",), ("g",)])
     for seed in range(20):
-        train, held, counts = split_by_prompt(rows, eval_size=3, seed=seed, field="trial.data.sft")
+        train, held, counts = split_by_prompt(rows, DatasetSpec(eval_size=3), seed=seed, field="trial.data.sft")
         assert counts.duplicates == 1 and counts.shared_prompt == 2
         assert len(held) == 3 and not set(held.prompts) & set(train.prompts)
         assert len(train) + len(held) + counts.unused == 7
         assert counts.held_prompts == len(set(held.prompts))
     with pytest.raises(ValueError, match="trial.data.sft.eval_size: the data has 6 distinct prompts"):
-        split_by_prompt(rows, eval_size=7, seed=0, field="trial.data.sft")
+        split_by_prompt(rows, DatasetSpec(eval_size=7), seed=0, field="trial.data.sft")
+
+
+def test_the_default_eval_size_is_64_or_a_fifth_of_a_small_datasets_prompts():
+    """25 distinct prompts: 5 held out, 20 to train on (64 would leave none); 320 or more: 64."""
+    rows = Rows([f"p{i}" for i in range(25)], [(f"r{i}",) for i in range(25)])
+    train, held, _ = split_by_prompt(rows, DatasetSpec(), seed=0, field="trial.data.sft")
+    assert (len(train), len(held)) == (20, 5)
+    assert [DatasetSpec().held_out(n) for n in (1, 4, 9, 319, 320, 5000)] == [1, 1, 1, 63, 64, 64]
+    assert DatasetSpec(eval_size=7).held_out(25) == 7
 
 
 def test_embedded_held_out_prompts_are_unseen(cache_dir, tokenizer):
