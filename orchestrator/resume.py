@@ -150,6 +150,11 @@ def save_proposals(sweep_dir: Path, found: list[dict]) -> None:
     write_json(sweep_dir / "search.json", {"proposals": found})
 
 
+def model_dir(sweep_dir: Path, label: str) -> Path:
+    """Where a finished trial's model is, in Hugging Face format (``save_pretrained``)."""
+    return sweep_dir / "trials" / label / "model"
+
+
 def stop_file(sweep_dir: Path, label: str) -> Path:
     """Where the early stopping tells a trial to end: its loop ends at the first step it
     finds this file (every rank at the same step), so its Train workers end with it."""

@@ -30,6 +30,9 @@ ROLE_TAG = "rightsweep.role"
 STAGE_TAG = "rightsweep.stage"
 BATCH = 900  # MLflow's log_batch takes at most 1000 metrics a call
 SAMPLES_DIR = "samples"
+# The final point of a trial, as ``final/<metric>`` on its run: (metric, field of a pareto Row).
+FINAL = ((names.SFT_LOSS, "sft_loss"), (names.DPO_LOSS, "dpo_loss"), (names.PREF_ACCURACY, "pref_accuracy"),
+         (names.GEN_SFT_ACCURACY, "sft_accuracy"), (names.GEN_PREF_WIN_RATE, "pref_win_rate"))
 
 
 def samples_file(step: int) -> str:
@@ -62,7 +65,7 @@ class Tracker:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
         if redact_text(uri) != uri:  # MLflow prints "View run … at: <tracking URI>/…" as runs end
             os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
-        self.uri = uri
+        self.uri, self.experiment, self.storage = uri, experiment, storage
         self.client = MlflowClient(uri)
         found = self.client.get_experiment_by_name(experiment)
         if found is None:
@@ -188,6 +191,23 @@ class Tracker:
                 by_step.setdefault(m.step, {names.STEP: m.step})[key] = m.value
         return [by_step[s] for s in sorted(by_step)]
 
+    def mark_trials(self, parent_id: str, summary: "Summary") -> None:
+        """On each main trial's run, its final point as ``final/…`` metrics (a chart of latest
+        values then never shows a stopped trial's intermediate point: stopped trials get
+        none) and the tags ``on_front`` and ``on_behaviour_front`` of its cell."""
+        runs = {r.data.tags.get(TRIAL_TAG): r.info.run_id for r in self.child_runs(parent_id)}
+        front = {(c.schedule, c.lam) for c in summary.cells if c.on_front}
+        behaviour = {(c.schedule, c.lam) for c in summary.cells if c.on_behaviour_front}
+        now = int(time.time() * 1000)
+        for row in summary.rows:
+            if (run_id := runs.get(row.trial_id)) is None:
+                continue
+            values = {names.final(key): getattr(row, field) for key, field in FINAL}
+            self.client.log_batch(
+                run_id, metrics=[Metric(k, float(v), now, 0) for k, v in values.items() if math.isfinite(v)],
+                tags=[RunTag("on_front", str((row.schedule, row.lam) in front).lower()),
+                      RunTag("on_behaviour_front", str((row.schedule, row.lam) in behaviour).lower())])
+
     def publish_front(self, parent_id: str, summary: "Summary", report_dir: Path, ok: bool = True) -> None:
         """A sweep's report files, f*, hypervolumes and their reference point on its run, and its end."""
         for f in sorted(report_dir.iterdir()):
@@ -201,5 +221,6 @@ class Tracker:
             values.update({names.f_star("sft"): summary.anchors.f_star_sft, names.f_star("dpo"): summary.anchors.f_star_dpo})
         now = int(time.time() * 1000)
         self.client.log_batch(parent_id, metrics=[Metric(k, v, now, 0) for k, v in values.items()])
+        self.mark_trials(parent_id, summary)
         self.set_tags(parent_id, {"hypervolume_reference": summary.reference_rule})
         self.finish(parent_id, ok)

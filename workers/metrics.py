@@ -67,3 +67,8 @@ def hypervolume_reference(objective: str) -> str:
 
 def f_star(objective: str) -> str:
     return f"f_star/{objective}"
+
+
+def final(metric: str) -> str:
+    """A trial's final value of ``metric``, logged once the sweep's front is built."""
+    return f"final/{metric}"

@@ -3,6 +3,7 @@ sweep submitted with ``ray job submit``, its MLflow store, the front rebuilt fro
 a trial too large for the cluster, and the MLflow UI in a browser. (A driver killed
 mid-sweep: ``tests/faults/test_driver_kill.py``.)"""
 
+import csv
 import json
 import os
 import signal
@@ -65,6 +66,19 @@ def test_job_submit_sweep_fills_the_mlflow_store(submitted):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert {"f_star/sft", "f_star/dpo", "hypervolume_reference/sft"} <= set(parent.data.metrics)
     assert "hypervolume/all" in parent.data.metrics
+    # Each main trial carries its final point (a chart of latest values) and whether its cell is on the front.
+    report = json.loads((storage / "smoke" / "report" / "pareto.json").read_text())
+    for r in children:
+        if r.data.tags["stage"] != "main":
+            assert "final/eval/sft_loss" not in r.data.metrics and "on_front" not in r.data.tags
+            continue
+        last = client.get_metric_history(r.info.run_id, "eval/sft_loss")[-1].value
+        assert r.data.metrics["final/eval/sft_loss"] == last
+        cell = f"{r.data.params['schedule']}@{float(r.data.params['lam']):g}"
+        assert r.data.tags["on_front"] == str(cell in report["front"]).lower(), cell
+    table = list(csv.DictReader((storage / "smoke" / "report" / "pareto.csv").open()))
+    assert len(table) == 5 and all((Path(row["model"]) / "config.json").is_file() for row in table)
+    assert {Path(row["model"]).parent.name for row in table} == {row["trial_id"] for row in table}
 
 
 def test_pareto_from_the_store_reproduces_the_sweep(submitted, tmp_path):

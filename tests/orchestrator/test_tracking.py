@@ -20,3 +20,28 @@ def test_a_trial_run_left_without_params_gets_them_and_no_twin(tmp_path):
     assert tracker.trial_run(parent, "t1", "alright-lam0.5-seed0", params, "main") == orphan.info.run_id  # again: nothing to add
     runs = client.search_runs([tracker.experiment_id], filter_string=f"tags.`{TRIAL_TAG}` = 't1'")
     assert len(runs) == 1
+
+
+def test_the_front_marks_each_trial_run_with_its_final_point_and_front_membership(tmp_path):
+    """mix λ 0.5 dominates alright λ 0.5: only mix's run is tagged on_front; both get their
+    final losses as final/… metrics, a trial on no row (a stopped one) gets nothing."""
+    import math
+
+    from orchestrator.pareto import TrialResult, summarize
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = Tracker(uri, "exp", str(tmp_path))
+    parent = tracker.start_parent("exp", {"name": "exp"})
+    labels = ["mix-lam0.5-seed0", "alright-lam0.5-seed0", "sequential-lam0.5-seed0"]
+    ids = {label: tracker.trial_run(parent, label, label, {"schedule": label.split("-")[0]}, "main") for label in labels}
+    summary = summarize([TrialResult(labels[0], "mix", 0.5, 0, 0.4, 0.5), TrialResult(labels[1], "alright", 0.5, 0, 0.6, 0.7)],
+                        None, initial_point=(2.0, math.log(2)))
+    (report := tmp_path / "report").mkdir()
+    (report / "pareto.csv").write_text("trial_id\n")
+    tracker.publish_front(parent, summary, report)
+    client = MlflowClient(uri)
+    mix, alright, stopped = (client.get_run(ids[label]).data for label in labels)
+    assert mix.tags["on_front"] == "true" and alright.tags["on_front"] == "false"
+    assert (mix.metrics["final/eval/sft_loss"], mix.metrics["final/eval/dpo_loss"]) == (0.4, 0.5)
+    assert alright.metrics["final/eval/sft_loss"] == 0.6 and "final/gen/sft_accuracy" not in alright.metrics  # NaN: not logged
+    assert "on_front" not in stopped.tags and not [k for k in stopped.metrics if k.startswith("final/")]
