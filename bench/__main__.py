@@ -1,5 +1,5 @@
 """``make bench``: every benchmark, then BENCHMARKS.md. Offline; about 2 hours on 2 cores (41 minutes measured
-before bench.memory, which took 7; bench.inputs 25, bench.search 53).
+before bench.memory, which took 7; bench.inputs 25, bench.search 53, bench.own_data 5).
 
 Each part writes ``bench/results/<part>.json`` as it finishes, so one part can be rerun
 alone (``python -m bench.paper``, ``bench.throughput``, ``bench.sweeps``) and the report
@@ -13,7 +13,8 @@ import sys
 import time
 import traceback
 
-PARTS = ("bench.paper", "bench.seeds", "bench.throughput", "bench.sweeps", "bench.memory", "bench.inputs", "bench.search")
+PARTS = ("bench.paper", "bench.seeds", "bench.throughput", "bench.sweeps", "bench.memory", "bench.inputs", "bench.search",
+         "bench.own_data")
 
 
 def main() -> int:

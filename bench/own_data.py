@@ -6,7 +6,7 @@ three outputs to ``bench/results/own_data.txt``.
 No hub here: "your model" is a stand-in, the embedded base saved with 4096 positions (it is
 rotary, so the same weights take longer sequences) in a folder as ``save_pretrained`` writes it.
 
-    python -m bench.own_data        # about 10 minutes on 2 cores
+    python -m bench.own_data        # about 5 minutes on 2 cores
 """
 
 from __future__ import annotations
@@ -32,16 +32,23 @@ def standin_model(dst, cache_dir) -> None:
     (dst / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 4096}, indent=1))
 
 
-def run(args: list[str]) -> tuple[str, str]:
-    """(the command as a user types it, its output)."""
+def run(args: list[str], summary_only: bool = False) -> tuple[str, str]:
+    """(the command as a user types it, its output: everything, or the summary a sweep prints at
+    its end, from its table on, without Ray's and Tune's progress)."""
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=WORK / "own", capture_output=True, text=True)
-    shown = "rightsweep " + " ".join(shlex.quote(a) for a in args)
-    return shown, f"{proc.stdout}{proc.stderr}(exit {proc.returncode}, {time.perf_counter() - started:.0f} s)\n"
+    out = proc.stdout + proc.stderr
+    if summary_only:
+        lines = proc.stdout.splitlines()
+        table = next(i for i, line in enumerate(lines) if line.startswith("per schedule and λ"))
+        out = "[… Ray's and Tune's progress …]\n" + "\n".join(lines[table:]) + "\n"
+    return "rightsweep " + " ".join(shlex.quote(a) for a in args), f"{out}(exit {proc.returncode}, {time.perf_counter() - started:.0f} s)\n"
 
 
 def main() -> None:
     quiet_offline()
+    if not FIXTURES.is_dir():
+        raise SystemExit(f"python -m bench.own_data: the real-data fixtures are not at {FIXTURES} (../shared beside the clone)")
     work = WORK / "own"
     shutil.rmtree(work, ignore_errors=True)
     (work / "data").mkdir(parents=True)
@@ -56,11 +63,8 @@ def main() -> None:
     first = run(["inspect", *own])
     fix = first[1].split("settings that would work: ")[1].splitlines()[0].split()
     second = run(["inspect", *own, *fix])
-    sweep = run(["sweep", *own, *fix, "--set", "trial.train.batch_size=4"])  # 3,000-token pairs on 2 CPU cores
-    lines = sweep[1].splitlines()
-    table = next(i for i, line in enumerate(lines) if line.startswith("per schedule and λ"))
-    summary = "\n".join(lines[table:]) + "\n"
-    text = "".join(f"$ {cmd}\n{out}\n" for cmd, out in (first, second, (sweep[0], "[… Ray's and Tune's progress …]\n" + summary)))
+    sweep = run(["sweep", *own, *fix, "--set", "trial.train.batch_size=4"], summary_only=True)  # 3,000-token pairs, 2 cores
+    text = "".join(f"$ {cmd}\n{out}\n" for cmd, out in (first, second, sweep))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "own_data.txt").write_text(text)
     print(text)

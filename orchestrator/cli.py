@@ -201,12 +201,13 @@ def cmd_ui(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     from orchestrator.redact import redact_text
-    from orchestrator.tracking import tracking_uri
+    from orchestrator.tracking import runs_page, tracking_uri
 
     uri = tracking_uri(cfg.tracking.tracking_uri, cfg.storage)
+    base, page = f"http://{args.host}:{args.port}", runs_page(uri, cfg.name)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port),
            "--workers", "1"]  # one user's browser: MLflow's default 4 worker processes only slow the start
-    print(f"MLflow UI on http://{args.host}:{args.port} for {redact_text(uri)}", flush=True)
+    print(f"MLflow UI on {base} for {redact_text(uri)}" + (f"; sweep {cfg.name!r}: {base}/{page}" if page else ""), flush=True)
     return subprocess.call(cmd)
 
 

@@ -36,15 +36,33 @@ def _errors(ivs: list[Interval], top: float = math.inf) -> list[list[float]]:
 
 def fitted_axis(values: list[float]) -> tuple[str, float, float]:
     """(scale, low, high) of an axis that fits ``values`` (the cells' means, their intervals
-    and the initial model) with a margin: log when they are positive and span more than
-    ``LOG_SPAN``, else linear. Trajectories and the ideal point may lie outside."""
+    and the initial model) with a margin: log when they are ≥ 0 and the positive ones span
+    more than ``LOG_SPAN`` (zeros then fall below the frame), else linear. Trajectories and
+    the ideal point may lie outside."""
     v = np.asarray([x for x in values if math.isfinite(x)], dtype=float)
     lo, hi = float(v.min()), float(v.max())
-    if lo > 0 and hi / lo > LOG_SPAN:
+    positive = v[v > 0]
+    # An interval cut at 0 does not make the axis linear: on a log axis it runs out of the frame.
+    if lo >= 0 and len(positive) and positive.max() / positive.min() > LOG_SPAN:
+        lo, hi = float(positive.min()), float(positive.max())
         pad = (math.log10(hi) - math.log10(lo)) * MARGIN
         return "log", 10 ** (math.log10(lo) - pad), 10 ** (math.log10(hi) + pad)
     pad = (hi - lo) * MARGIN or max(abs(hi), 1e-3) * MARGIN
     return "linear", max(lo - pad, 0.0) if lo >= 0 else lo - pad, hi + pad
+
+
+def _span(scale: str, lo: float, hi: float) -> float:
+    return math.log10(hi / lo) if scale == "log" else hi - lo
+
+
+def frame_with_ideal(values: list[float], ideal: float) -> tuple[str, float, float]:
+    """``fitted_axis`` of ``values``, stretched to take in the ideal point when that at most
+    doubles the span; a far ideal (f*_DPO ≈ 1e-6 under losses near 0.7) stays outside."""
+    fit = fitted_axis(values)
+    if not math.isfinite(ideal):
+        return fit
+    wider = fitted_axis([*values, ideal])
+    return wider if wider[0] == fit[0] and _span(*wider) <= 2 * _span(*fit) else fit
 
 
 def _interval_ends(ivs: list[Interval]) -> list[float]:
@@ -102,12 +120,16 @@ def _mark_ideal(ax, point: tuple[float, float], xlim, ylim) -> None:
                 arrowprops={"arrowstyle": "->", "lw": 1.0})
 
 
-def _loss_panel(ax, summary: Summary, trajectories: dict[str, list[dict]]) -> None:
+def _paths(ax, summary: Summary, trajectories: dict[str, list[dict]], x: str, y: str) -> None:
+    """Each trial's path through the (``x``, ``y``) plane of its evaluations, faint."""
     for r in summary.rows:
-        traj = [p for p in trajectories.get(r.trial_id, []) if SFT_LOSS in p and DPO_LOSS in p]
+        traj = [p for p in trajectories.get(r.trial_id, []) if x in p and y in p]
         if traj:
-            ax.plot([p[SFT_LOSS] for p in traj], [p[DPO_LOSS] for p in traj],
-                    color=COLORS.get(r.schedule, "grey"), alpha=0.15, lw=0.7)
+            ax.plot([p[x] for p in traj], [p[y] for p in traj], color=COLORS.get(r.schedule, "grey"), alpha=0.15, lw=0.7)
+
+
+def _loss_panel(ax, summary: Summary, trajectories: dict[str, list[dict]]) -> None:
+    _paths(ax, summary, trajectories, SFT_LOSS, DPO_LOSS)
     for schedule in sorted({c.schedule for c in summary.cells}):
         color = COLORS.get(schedule, "grey")
         cells = _seeds_and_intervals(ax, summary, schedule, "sft_loss", "dpo_loss")
@@ -124,8 +146,9 @@ def _loss_panel(ax, summary: Summary, trajectories: dict[str, list[dict]]) -> No
             label="Pareto front (seed means)", zorder=2)
     ini = summary.initial_point
     ax.scatter([ini[0]], [ini[1]], marker="x", s=60, color="grey", label="initial model", zorder=5)
-    for axis, field, value in (("x", "sft_loss", ini[0]), ("y", "dpo_loss", ini[1])):
-        scale, lo, hi = fitted_axis(_interval_ends([getattr(c, field) for c in summary.cells]) + [value])
+    star = (summary.anchors.f_star_sft, summary.anchors.f_star_dpo) if summary.anchors is not None else (math.nan, math.nan)
+    for axis, field, value, ideal in (("x", "sft_loss", ini[0], star[0]), ("y", "dpo_loss", ini[1], star[1])):
+        scale, lo, hi = frame_with_ideal(_interval_ends([getattr(c, field) for c in summary.cells]) + [value], ideal)
         getattr(ax, f"set_{axis}scale")(scale)
         getattr(ax, f"set_{axis}lim")(lo, hi)
     if summary.anchors is not None:
@@ -134,8 +157,8 @@ def _loss_panel(ax, summary: Summary, trajectories: dict[str, list[dict]]) -> No
     ax.set_xlabel("held-out SFT loss f_SFT (lower is better)")
     ax.set_ylabel("held-out DPO loss f_DPO (lower is better)")
     n = sorted({len(c.seeds) for c in summary.cells})
-    ax.set_title(f"Losses: seed means ({'/'.join(map(str, n))} seeds; hollow: not separable from the front; labels: λ)",
-                 fontsize=9)
+    ax.set_title(f"Losses: seed means ({'/'.join(map(str, n))} seed{'s' if n[-1] > 1 else ''}; hollow: not separable from "
+                 "the front; labels: λ)", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     handles, _ = ax.get_legend_handles_labels()
     ax.legend(handles=handles + _key_handles(dashed=True), fontsize=7, loc="best")
@@ -143,11 +166,7 @@ def _loss_panel(ax, summary: Summary, trajectories: dict[str, list[dict]]) -> No
 
 def _behaviour_panel(ax, summary: Summary, trajectories: dict[str, list[dict]]) -> None:
     """(SFT accuracy, win rate), both maximised: the front runs along the top right."""
-    for r in summary.rows:
-        traj = [p for p in trajectories.get(r.trial_id, []) if GEN_SFT_ACCURACY in p and GEN_PREF_WIN_RATE in p]
-        if traj:
-            ax.plot([p[GEN_SFT_ACCURACY] for p in traj], [p[GEN_PREF_WIN_RATE] for p in traj],
-                    color=COLORS.get(r.schedule, "grey"), alpha=0.15, lw=0.7)
+    _paths(ax, summary, trajectories, GEN_SFT_ACCURACY, GEN_PREF_WIN_RATE)
     for schedule in sorted({c.schedule for c in summary.cells}):
         cells = _seeds_and_intervals(ax, summary, schedule, "sft_accuracy", "pref_win_rate", top=1.0)
         ax.scatter([c.sft_accuracy.mean for c in cells], [c.pref_win_rate.mean for c in cells],

@@ -15,10 +15,12 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 
+from orchestrator import mlflow_view
 from orchestrator.redact import redact_text
 from workers import metrics as names
 
@@ -56,6 +58,19 @@ def trajectory_metrics(points: list[dict]) -> list[Metric]:
     ]
 
 
+def runs_page(uri: str, experiment: str) -> str | None:
+    """The UI's page of a sweep's trial runs, on its saved view where this MLflow has it
+    (None when the store has no such experiment)."""
+    try:
+        found = MlflowClient(uri).get_experiment_by_name(experiment)
+    except MlflowException:
+        return None
+    if found is None:
+        return None
+    return mlflow_view.page(found.experiment_id, mlflow_view.TRIALS if mlflow_view.TAG_PREFIX + mlflow_view.TRIALS in found.tags
+                            and mlflow_view.supported(mlflow.__version__) else None)
+
+
 class Tracker:
     def __init__(self, uri: str, experiment: str, storage: str):
         # MLflow retries a failed request 7 times with exponential backoff (minutes per call):
@@ -71,14 +86,27 @@ class Tracker:
         if found is None:
             # A local store keeps artifacts beside it, not in ./mlruns of whatever cwd.
             location = (Path(storage) / "mlartifacts" / experiment).as_uri() if uri.startswith("sqlite:") else None
-            # The kind makes the MLflow 3 UI open on runs and metrics, not GenAI traces.
+            # The kind labels the experiment "Machine learning"; which page the UI opens on is
+            # the URL's choice in MLflow 3.17 (mlflow_view.page).
             self.experiment_id = self.client.create_experiment(
                 experiment, artifact_location=location, tags={"mlflow.experimentKind": "custom_model_development"}
             )
         else:
             self.experiment_id = found.experiment_id
+        self._save_views()
         self._steps: dict[str, set[int]] = {}
         self._sample_files: dict[str, set[str]] = {}
+
+    def _save_views(self) -> None:
+        """The UI's saved views of the trial runs and the front (``orchestrator.mlflow_view``),
+        on a version whose UI format is known; another version's UI opens on its own default.
+        Written when missing or different (the times in a view's envelope are not compared)."""
+        if not mlflow_view.supported(mlflow.__version__):
+            return
+        have = self.client.get_experiment(self.experiment_id).tags
+        for key, value in mlflow_view.views().items():
+            if key not in have or mlflow_view.read_envelope(have[key]) != mlflow_view.read_envelope(value):
+                self.client.set_experiment_tag(self.experiment_id, key, value)
 
     def start_parent(self, name: str, params: dict, run_id: str | None = None) -> str:
         """A new parent run, or the given one (a resumed sweep), reopened."""

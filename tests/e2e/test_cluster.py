@@ -143,14 +143,32 @@ def test_mlflow_ui_shows_trials_and_pareto_plot_in_chromium(submitted):
     shots = ROOT / "results" / "screenshots"
     shots.mkdir(parents=True, exist_ok=True)
     ui = subprocess.Popen([PY, "-m", "orchestrator", "ui", "--config", "smoke", "--set", f"storage={storage}", "--port", str(port)],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
+        printed = ui.stdout.readline()
+        assert f"sweep 'smoke': {base}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning" in printed, printed
+        landing = printed.split("sweep 'smoke': ", 1)[1].strip()
         wait_http(base + "/health")
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.goto(f"{base}/#/experiments/{exp.experiment_id}/runs")
+            # The address `rightsweep ui` prints opens on the trial runs (not the GenAI overview),
+            # every trial listed and the loss-space scatter drawn, without a click.
+            page.goto(landing)
+            page.get_by_text("You're viewing a shared view").wait_for(timeout=60_000)
+            for label in labels:
+                page.get_by_text(label, exact=True).first.wait_for(timeout=30_000)
+            page.get_by_text("Pareto", exact=True).first.wait_for(timeout=30_000)  # the view's chart section
+            page.locator(".js-plotly-plot").first.wait_for(timeout=30_000)
+            for axis in ("final/eval/dpo_loss", "final/gen/pref_win_rate"):  # the y axes of its two scatters
+                page.locator(f"text={axis}").first.wait_for(timeout=30_000)
+            page.screenshot(path=str(shots / "mlflow-landing.png"))
+
+            # A fresh browser (the view's filter stays in the first one's local storage): the plain
+            # runs page, the trials nested under the sweep run.
+            page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
+            page.goto(f"{base}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning")
             page.get_by_text(f"{len(all_runs)} matching runs").wait_for(timeout=60_000)
             # Trials are nested under the sweep run: expand it.
             row = page.locator("[role=row]", has_text=parent.info.run_name).first
@@ -169,4 +187,4 @@ def test_mlflow_ui_shows_trials_and_pareto_plot_in_chromium(submitted):
     finally:
         os.killpg(ui.pid, signal.SIGTERM)
         ui.wait(timeout=30)
-    assert (shots / "mlflow-runs.png").stat().st_size > 10_000
+    assert (shots / "mlflow-runs.png").stat().st_size > 10_000 and (shots / "mlflow-landing.png").stat().st_size > 10_000

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from orchestrator.pareto import Anchors, TrialResult, summarize
-from orchestrator.plots import cell_curves, fitted_axis, front_figure, steps_figure
+from orchestrator.plots import cell_curves, fitted_axis, frame_with_ideal, front_figure, steps_figure
 
 
 def test_fitted_axis_by_hand():
@@ -17,6 +17,13 @@ def test_fitted_axis_by_hand():
     # 0.01 … 10 spans 1000×: log, a margin of 6 % of 3 decades each side.
     scale, lo, hi = fitted_axis([0.01, 10.0, math.nan])
     assert scale == "log" and lo == pytest.approx(10 ** -2.18) and hi == pytest.approx(10 ** 1.18)
+    assert fitted_axis([0.0, 0.01, 10.0]) == (scale, lo, hi), "an interval cut at 0 keeps the log axis"
+
+
+def test_a_near_ideal_point_is_taken_into_the_frame_a_far_one_is_not():
+    assert frame_with_ideal([3.0, 4.0], 2.5) == fitted_axis([2.5, 3.0, 4.0])  # span 1.5 ≤ 2 × 1
+    assert frame_with_ideal([3.0, 4.0], 1.0) == fitted_axis([3.0, 4.0])  # span 3 > 2
+    assert frame_with_ideal([3.0, 4.0], math.nan) == fitted_axis([3.0, 4.0])
 
 
 LAMS = [0.2, 0.25, 0.3, 0.5, 0.75]

@@ -45,3 +45,26 @@ def test_the_front_marks_each_trial_run_with_its_final_point_and_front_membershi
     assert (mix.metrics["final/eval/sft_loss"], mix.metrics["final/eval/dpo_loss"]) == (0.4, 0.5)
     assert alright.metrics["final/eval/sft_loss"] == 0.6 and "final/gen/sft_accuracy" not in alright.metrics  # NaN: not logged
     assert "on_front" not in stopped.tags and not [k for k in stopped.metrics if k.startswith("final/")]
+
+
+def test_the_experiment_carries_the_uis_saved_views_once(tmp_path):
+    """Two views (every trial run; the front's) as MLflow 3.17's UI stores them: an envelope
+    whose state deflates to the runs page's JSON. A second Tracker writes nothing new."""
+    from orchestrator import mlflow_view
+    from orchestrator.tracking import runs_page
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = Tracker(uri, "exp", str(tmp_path))
+    tags = MlflowClient(uri).get_experiment(tracker.experiment_id).tags
+    name, state = mlflow_view.read_envelope(tags["mlflow.sharedViewState.rightsweep-trials"])
+    assert name == "Trials (rightsweep)" and state["searchFilter"] == "tags.`rightsweep.role` = 'trial'"
+    assert state["runsHiddenMode"] == "SHOW_ALL"
+    losses = state["compareRunCharts"][0]
+    assert (losses["type"], losses["xaxis"]["key"], losses["yaxis"]["key"]) == ("SCATTER", "final/eval/sft_loss", "final/eval/dpo_loss")
+    _, front = mlflow_view.read_envelope(tags["mlflow.sharedViewState.rightsweep-front"])
+    assert front["searchFilter"].endswith("and tags.`on_front` = 'true'")
+    Tracker(uri, "exp", str(tmp_path))
+    assert MlflowClient(uri).get_experiment(tracker.experiment_id).tags == tags, "the same views are not written again"
+    assert runs_page(uri, "exp") == (f"#/experiments/{tracker.experiment_id}/runs?workflowType=machine_learning"
+                                     "&viewStateShareKey=rightsweep-trials&compareRunsMode=CHART")
+    assert runs_page(uri, "no-such-sweep") is None

@@ -47,7 +47,7 @@ def test_the_sweep_outlives_the_mlflow_server_and_sync_backfills_it(server, cach
     outputs = {}
     sweep = rightsweep(
         "sweep", *config, "--set", f"trial.cache_dir={cache_dir}", "--set", "sweep.schedules=[mix]",
-        "--set", "sweep.lams=[0.25, 0.5, 0.75]", "--set", "sweep.max_concurrent_trials=1", "--set", "trial.train.total_steps=150",
+        "--set", "sweep.lams=[0.25, 0.75]", "--set", "sweep.max_concurrent_trials=1", "--set", "trial.train.total_steps=150",
         "--set", "trial.train.eval_every=50", "--set", "trial.train.checkpoint_every=50",
         "--set", "trial.train.f_star_sft=1.0", "--set", "trial.train.f_star_dpo=0.5",
     )
@@ -65,13 +65,13 @@ def test_the_sweep_outlives_the_mlflow_server_and_sync_backfills_it(server, cach
     assert "alice:***@" in out + err
     assert "MLflow unavailable" in err
     assert "run `rightsweep sync --experiment smoke`" in out
-    assert len((tmp_path / "storage" / "smoke" / "report" / "pareto.csv").read_text().splitlines()) == 1 + 3
+    assert len((tmp_path / "storage" / "smoke" / "report" / "pareto.csv").read_text().splitlines()) == 1 + 2
 
     server.start()  # same store, same port
     before = trial_runs(client)
     complete = [r for r in before if r.info.status == "FINISHED"
                 and [m.step for m in client.get_metric_history(r.info.run_id, "eval/sft_loss")] == STEPS]
-    assert 1 <= len(complete) < 3, "the outage left MLflow behind"
+    assert len(complete) == 1, "the outage left MLflow behind (the second trial started as the server went)"
 
     # `sync` reads what trials left on shared storage: a pickle planted in Tune's state must not run.
     marker = tmp_path / "pwned"
@@ -81,9 +81,9 @@ def test_the_sweep_outlives_the_mlflow_server_and_sync_backfills_it(server, cach
     outputs["sync"] = out + err
     assert not marker.exists()
     assert sync.returncode == 0, err[-4000:]
-    assert "MLflow has the 3 trial run(s) of sweep 'smoke'" in out
+    assert "MLflow has the 2 trial run(s) of sweep 'smoke'" in out
     runs = trial_runs(client)
-    assert len(runs) == 3 and len({r.data.tags["rightsweep.trial_id"] for r in runs}) == 3
+    assert len(runs) == 2 and len({r.data.tags["rightsweep.trial_id"] for r in runs}) == 2
     assert {r.info.run_id for r in complete} <= {r.info.run_id for r in runs}, "runs already there were reused"
     for r in runs:
         assert r.info.status == "FINISHED"
@@ -96,7 +96,7 @@ def test_the_sweep_outlives_the_mlflow_server_and_sync_backfills_it(server, cach
     out, err = again.communicate(timeout=300)
     outputs["second sync"] = out + err
     assert again.returncode == 0 and "0 missing point(s) copied" in out
-    assert len(trial_runs(client)) == 3
+    assert len(trial_runs(client)) == 2
     for r in runs:
         assert len(client.get_metric_history(r.info.run_id, "eval/sft_loss")) == len(STEPS)
     files = {p.name for p in tmp_path.rglob("*")}
