@@ -93,16 +93,27 @@ def run_grid(cfg: ExperimentConfig, points: list[Point], anchors: Anchors | None
         tuner = build_tuner(cfg, todo, anchors, sync, resume_from)
         catch_sigterm()  # Ray is running in this process now
         errors = {Point.from_dict(r.config["point"]).label: r.error for r in tuner.fit() if r.error is not None}
+    # With the cells an adaptive search added.
+    grid = sort_trials(stored.sweep_points_on_storage(cfg, sweep_dir), stored.stopped(sweep_dir),
+                       lambda label: stored.finished_trajectory(sweep_dir, label), errors)
+    for label in grid.failed:
+        log.warning("trial %s failed: %s", label, (str(errors[label]).strip().splitlines() or ["?"])[-1][:500])
+    return grid
+
+
+def sort_trials(points: list[Point], stops: dict[str, dict], trajectory, errors: dict) -> Grid:
+    """Each point stopped, finished (``trajectory(label)`` is its finished trajectory or
+    None), failed or unfinished. A stop stands even when the trial ran to its end before it
+    saw its stop file (its last steps raced the driver's judgement): the front must not hang
+    on that race."""
     grid = Grid({}, [], [])
-    stops = stored.stopped(sweep_dir)
-    for p in stored.sweep_points_on_storage(cfg, sweep_dir):  # with the cells an adaptive search added
-        if (traj := stored.finished_trajectory(sweep_dir, p.label)) is not None:
-            grid.finished[p.label] = (p, traj)
-        elif p.label in stops:
+    for p in points:
+        if p.label in stops:
             grid.stopped[p.label] = stops[p.label]
+        elif (traj := trajectory(p.label)) is not None:
+            grid.finished[p.label] = (p, traj)
         elif p.label in errors:
             grid.failed.append(p.label)
-            log.warning("trial %s failed: %s", p.label, (str(errors[p.label]).strip().splitlines() or ["?"])[-1][:500])
         else:
             grid.unfinished.append(p.label)
     return grid

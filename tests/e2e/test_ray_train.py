@@ -61,25 +61,28 @@ def test_an_adaptive_early_stopped_sweep_with_a_worker_per_trial_releases_the_st
     the sweep hung)."""
     cmd = [sys.executable, "-m", "orchestrator", "sweep", "--config", "smoke", "--set", f"storage={tmp_path}",
            "--set", "resources.num_workers=1", "--set", f"resources.cpus_per_worker={min(os.cpu_count(), 2)}",
-           "--set", "sweep.schedules=[mix, sequential]", "--set", "sweep.lams=[0.25, 0.75]",
+           "--set", "sweep.schedules=[mix, alright]", "--set", "sweep.lams=[0.25, 0.75]",
            "--set", "sweep.search=adaptive", "--set", "sweep.budget=5",
            "--set", "sweep.early_stop={grace: 20, patience: 1, epsilon: 0.0, protect: []}",
-           "--set", "trial.train.f_star_sft=0.1", "--set", "trial.train.f_star_dpo=0.1"]
+           "--set", "trial.train.f_star_sft=0.1", "--set", "trial.train.f_star_dpo=0.1",
+           # 80 steps past the judged evaluation: the stopped trial sees its stop file long
+           # before its end (at 40 steps it once ran out first, racing the driver's judgement).
+           "--set", "trial.train.total_steps=100"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     sweep = tmp_path / "smoke"
-    # One trial at a time, Mix first: at step 20 Mix λ 0.25 is below Sequential λ 0.25 in both
-    # losses (2.35 vs 4.16 SFT, 0.85 vs 0.95 DPO).
-    stop = json.loads((sweep / "trials" / "sequential-lam0.25-seed0" / "stopped.json").read_text())
-    assert stop == {"step": 20, "by": "mix-lam0.25-seed0"}
+    # One trial at a time, Mix first: at step 40 (not yet at 20) Mix λ 0.25 is below ALRIGHT
+    # λ 0.25 in both losses, so ALRIGHT λ 0.25 is stopped with 60 of its steps still to go.
+    stop = json.loads((sweep / "trials" / "alright-lam0.25-seed0" / "stopped.json").read_text())
+    assert stop == {"step": 40, "by": "mix-lam0.25-seed0"}
     proposals = json.loads((sweep / "search.json").read_text())["proposals"]
     assert len(proposals) == 1 and proposals[0]["schedule"] == "mix" and 0.25 < proposals[0]["lam"] < 0.75
     proposed = f"mix-lam{proposals[0]['lam']:g}-seed0"
     assert (sweep / "trials" / proposed / "trajectory.json").exists()
-    assert "early stop: 1 trial(s) stopped, on no front; sequential-lam0.25-seed0 at step 20" in proc.stdout
+    assert "early stop: 1 trial(s) stopped, on no front; alright-lam0.25-seed0 at step 40" in proc.stdout
     report = json.loads((sweep / "report" / "pareto.json").read_text())
-    assert ("sequential", 0.25) not in {(r["schedule"], r["lam"]) for r in report["rows"]}
+    assert ("alright", 0.25) not in {(r["schedule"], r["lam"]) for r in report["rows"]}
     passes = (tmp_path / "cache" / "reference" / "passes.jsonl").read_text().splitlines()
     assert len(passes) == 1, "the trials reused the pass the driver made"
     from mlflow import MlflowClient
@@ -90,9 +93,10 @@ def test_an_adaptive_early_stopped_sweep_with_a_worker_per_trial_releases_the_st
     assert len(children) == 5 and all(r.info.status == "FINISHED" for r in children.values())
     for name, r in children.items():
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "eval/sft_loss")]
-        assert steps == ([0, 20] if name == "sequential-lam0.25-seed0" else [0, 20, 40]), name
+        full = list(range(0, 101, 20))
+        assert (steps[:3] == [0, 20, 40] and len(steps) < len(full)) if name == "alright-lam0.25-seed0" else steps == full, name
         assert r.data.metrics["time/setup_s"] > 0
-    stopped = children["sequential-lam0.25-seed0"]
-    assert stopped.data.tags["rightsweep.stopped_at_step"] == "20"
-    # It ended itself, after its step-20 evaluation and before its last step: its cost row.
-    assert 20 <= stopped.data.metrics["updates/sft"] + stopped.data.metrics["updates/dpo"] < 40
+    stopped = children["alright-lam0.25-seed0"]
+    assert stopped.data.tags["rightsweep.stopped_at_step"] == "40"
+    # It ended itself, after its step-40 evaluation and before its last step: its cost row.
+    assert 40 <= stopped.data.metrics["updates/sft"] + stopped.data.metrics["updates/dpo"] < 100

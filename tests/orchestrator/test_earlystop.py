@@ -65,3 +65,18 @@ def test_a_stop_is_one_file_per_trial_and_the_first_stands(tmp_path):
     assert resume.stop_file(tmp_path, "alright-lam0.5-seed1") == tmp_path / "trials" / "alright-lam0.5-seed1" / "stopped.json"
     assert resume.stopped(tmp_path) == {"alright-lam0.5-seed1": {"step": 30, "by": "its cell"},
                                         "maxright-lam0.5-seed0": {"step": 20, "by": "mix-lam0.25-seed0"}}
+
+
+def test_a_stopped_trial_stays_off_the_front_even_when_it_ran_to_its_end():
+    """The stop file was written after the trial's last steps had raced past it: the trial has
+    a finished trajectory and a stop; it is sorted as stopped, so the front does not depend
+    on who won the race."""
+    from orchestrator.space import Point
+    from orchestrator.sweep import sort_trials
+
+    points = [Point("main", s, 0.25, 0) for s in ("mix", "alright", "maxright", "sequential")]
+    done = {"mix-lam0.25-seed0": [{"step": 40}], "alright-lam0.25-seed0": [{"step": 40}]}
+    grid = sort_trials(points, {"alright-lam0.25-seed0": {"step": 20, "by": "mix-lam0.25-seed0"}}, done.get,
+                       {"maxright-lam0.25-seed0": RuntimeError("boom")})
+    assert list(grid.finished) == ["mix-lam0.25-seed0"] and list(grid.stopped) == ["alright-lam0.25-seed0"]
+    assert grid.failed == ["maxright-lam0.25-seed0"] and grid.unfinished == ["sequential-lam0.25-seed0"]
