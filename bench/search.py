@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import WORK, quiet_offline, read_result, write_result
+from bench.common import quiet_offline, read_result, write_result
 from bench.sweeps import run_sweep
 
 SEEDS = [0, 1, 2]

@@ -33,13 +33,11 @@ class Lengths:
 
 
 def token_lengths(rows, tokenizer) -> Lengths:
-    from workers.data import TOKENIZE_ROWS, encode_joint
+    from workers.data import encoded_chunks
 
     prompt, full = [], []
-    for start in range(0, len(rows), TOKENIZE_ROWS):
-        part = rows.take(range(start, min(start + TOKENIZE_ROWS, len(rows))))
-        columns = [encode_joint(tokenizer, part.prompts, list(col)) for col in zip(*part.responses)]
-        for encoded in zip(*columns):
+    for chunk in encoded_chunks(rows, tokenizer):
+        for encoded in chunk:
             prompt.append(encoded[0][1])
             full.append([len(ids) + 1 for ids, _ in encoded])
     width = len(rows.responses[0]) if len(rows) else 1
@@ -91,6 +89,7 @@ def inspect(cfg: ExperimentConfig, echo=print) -> int:
     would refuse the data, with the sweep's message."""
     from orchestrator.preflight import preflight
     from workers.data import load_splits, require_rows
+    from workers.estimate import model_config
     from workers.model import load_tokenizer, max_positions
 
     cfg = preflight(cfg)
@@ -98,7 +97,7 @@ def inspect(cfg: ExperimentConfig, echo=print) -> int:
     if trial.model.name == EMBEDDED:
         echo("model: embedded (built once under the cache folder if it is not there yet: about a minute)")
     tokenizer = load_tokenizer(trial.model, trial.cache_dir)
-    limit = max_positions(trial.model, trial.cache_dir)
+    limit = max_positions(model_config(trial.model))
     echo(f"model: {trial.model.name}: tokenizer of {len(tokenizer)} tokens, {limit or 'unknown'} positions; "
          f"max_len {data.max_len}")
     real = [k for k, spec in (("sft", data.sft), ("pref", data.pref)) if spec.source != EMBEDDED]
@@ -106,20 +105,20 @@ def inspect(cfg: ExperimentConfig, echo=print) -> int:
         echo(f"  note: the embedded model is for the embedded data: its tokenizer was trained on the generated tasks "
              f"alone (see the characters a token below) and it has {limit} positions. For your own "
              f"{' and '.join(real)} data, set trial.model.name to your model (a hub name or a save_pretrained folder)")
-    refusal, fixes = None, []
+    refusal, refused = None, []
     while True:  # an eval_size the data cannot hold: reported, and the report goes on at the default
         try:
             splits = load_splits(data, trial.cache_dir)
             break
         except ConfigError as e:
             kind = next((k for k in ("sft", "pref") if str(e).startswith(f"trial.data.{k}.eval_size:")), None)
-            if kind is None or kind in fixes:  # not the eval_size, or too few prompts for any
+            if kind is None or kind in refused:  # not the eval_size, or too few prompts for any
                 raise
             refusal = refusal or str(e)
             echo(f"refused: {e}; below, at the default eval_size")
             data = data.model_copy(update={kind: getattr(data, kind).model_copy(update={"eval_size": None})})
-            fixes.append(kind)
-    fixes = [f"--set trial.data.{k}.eval_size={len(split.held)}" for split in splits for k in fixes if split.kind == k]
+            refused.append(kind)
+    fixes = [f"--set trial.data.{split.kind}.eval_size={len(split.held)}" for split in splits if split.kind in refused]
     lengths, names = [], []
     for split, spec in zip(splits, (data.sft, data.pref)):
         c = split.counts

@@ -122,9 +122,10 @@ def check_model(spec: ModelSpec) -> ModelSpec:
 def check_positions(cfg: ExperimentConfig) -> None:
     """A max_len beyond the model's position embeddings fails in the first forward pass, after
     Ray, the token cache and the reference pass; refused here instead."""
+    from workers.estimate import model_config
     from workers.model import max_positions
 
-    limit, max_len = max_positions(cfg.trial.model, cfg.trial.cache_dir), cfg.trial.data.max_len
+    limit, max_len = max_positions(model_config(cfg.trial.model)), cfg.trial.data.max_len
     if limit is not None and max_len > limit:
         raise ConfigError(f"trial.data.max_len: {max_len} is longer than the {limit} positions of the model "
                           f"{cfg.trial.model.name!r}; allowed: at most {limit}")

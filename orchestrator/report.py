@@ -10,6 +10,7 @@ from pathlib import Path
 
 from orchestrator.pareto import Cell, Interval, Summary
 from orchestrator.plots import plot, plot_steps
+from orchestrator.resume import model_dir
 from workers.metrics import SAMPLES
 
 TRIAL_COLUMNS = [
@@ -192,15 +193,16 @@ def _write_csv(path: Path, records: list[dict]) -> None:
 
 
 def write_artifacts(summary: Summary, trajectories: dict[str, list[dict]], out_dir: str | Path,
-                    models: dict[str, str] | None = None) -> dict[str, Path]:
+                    sweep_dir: Path | None = None) -> dict[str, Path]:
     """pareto.csv (every trial), pareto_cells.csv (seed means), pareto.json, pareto.png,
     pareto_steps.png (both losses over the steps) and samples.md (the front points' answers)
-    in ``out_dir``. ``models``: each trial's model folder, a column of pareto.csv."""
+    in ``out_dir``. ``sweep_dir``: where the trials' models are, a column of pareto.csv."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out / "pareto.csv", "cells": out / "pareto_cells.csv", "json": out / "pareto.json", "png": out / "pareto.png",
              "samples": out / "samples.md", "steps": out / "pareto_steps.png"}
-    _write_csv(paths["csv"], [{**r, "model": (models or {}).get(r["trial_id"], "")} for r in summary.as_records()])
+    _write_csv(paths["csv"], [{**r, "model": str(model_dir(sweep_dir, r["trial_id"])) if sweep_dir else ""}
+                              for r in summary.as_records()])
     _write_csv(paths["cells"], [cell_record(c) for c in summary.cells])
     samples = front_samples(summary, trajectories)
     paths["json"].write_text(json.dumps(summary_json(summary, samples), indent=1))

@@ -11,7 +11,6 @@ from orchestrator.pareto import (Anchors, Summary, anchor_behaviour, finished_an
                                  summarize, trial_result)
 from orchestrator.report import write_artifacts
 from orchestrator.space import Point
-from orchestrator.resume import model_dir
 from orchestrator.tracking import STAGE_TAG, TRIAL_TAG, Tracker
 from workers import metrics
 
@@ -61,9 +60,8 @@ def rebuild(tracker: Tracker, out_dir: Path, publish_to_parent: bool = True, fin
     summary = summarize(results, anchors, initial_point(everything), None if reference == "None" else ast.literal_eval(reference),
                         numerics, initial_behaviour(everything),
                         anchor_behaviour([(p.objective, traj) for p, traj in trials.values() if p.is_anchor]))
-    sweep_dir = Path(tracker.storage) / tracker.experiment
     write_artifacts(summary, {label: traj for label, (_, traj) in main.items()}, out_dir,
-                    {label: str(model_dir(sweep_dir, label)) for label in main})
+                    Path(tracker.storage) / tracker.experiment)
     if publish_to_parent:
         ok = parent.info.status == "FINISHED" if finished is None else finished
         tracker.publish_front(parent.info.run_id, summary, out_dir, ok=ok)

@@ -348,9 +348,8 @@ def write_report(cfg: ExperimentConfig, summary: Summary, grid: Grid, tracker, p
     """The report on storage, then in MLflow: whatever the live mirror missed (MLflow down
     for a while), and the front on the sweep's own run."""
     report_dir = Path(cfg.storage) / cfg.name / "report"
-    main = [label for label, (p, _) in grid.finished.items() if not p.is_anchor]
-    paths = write_artifacts(summary, {label: grid.finished[label][1] for label in main}, report_dir,
-                            {label: str(stored.model_dir(report_dir.parent, label)) for label in main})
+    paths = write_artifacts(summary, {label: traj for label, (p, traj) in grid.finished.items() if not p.is_anchor}, report_dir,
+                            report_dir.parent)
     (report_dir / "config.yaml").write_text(yaml.safe_dump(redact(cfg.model_dump()), sort_keys=False))
     try:
         backfill(cfg, tracker, parent_id)

@@ -430,6 +430,14 @@ class _SequenceBuilder:
         return Ragged(np.concatenate(self.ids), offsets), Ragged(np.concatenate(self.masks), offsets)
 
 
+def encoded_chunks(rows: Rows, tokenizer):
+    """Per chunk of ``TOKENIZE_ROWS`` rows, each row's ``encode_joint`` result per response:
+    the tokenizer's Python lists live for one chunk."""
+    for start in range(0, len(rows), TOKENIZE_ROWS):
+        part = rows.take(range(start, min(start + TOKENIZE_ROWS, len(rows))))
+        yield list(zip(*[encode_joint(tokenizer, part.prompts, list(col)) for col in zip(*part.responses)]))
+
+
 def tokenize(rows: Rows, kind: str, tokenizer, max_len: int) -> tuple[TokenTable, Counts]:
     """Token ids and loss masks of every row (SFT: ``input_ids``, ``loss_mask``; pairs: the
     ``chosen_*`` and ``rejected_*`` of each). Each response ends in EOS and is cut from its
@@ -439,10 +447,8 @@ def tokenize(rows: Rows, kind: str, tokenizer, max_len: int) -> tuple[TokenTable
     names = [("input_ids", "loss_mask")] if kind == "sft" else [("chosen_ids", "chosen_mask"), ("rejected_ids", "rejected_mask")]
     builders = [_SequenceBuilder() for _ in names]
     kept, truncated, dropped = 0, 0, 0
-    for start in range(0, len(rows), TOKENIZE_ROWS):
-        part = rows.take(range(start, min(start + TOKENIZE_ROWS, len(rows))))
-        columns = [encode_joint(tokenizer, part.prompts, list(col)) for col in zip(*part.responses)]
-        for encoded in zip(*columns):
+    for chunk in encoded_chunks(rows, tokenizer):
+        for encoded in chunk:
             if any(n_prompt >= max_len for _, n_prompt in encoded):
                 dropped += 1
                 continue

@@ -17,15 +17,8 @@ def model_path(spec: ModelSpec, cache_dir: str) -> str:
     return spec.name
 
 
-def max_positions(spec: ModelSpec, cache_dir: str) -> int | None:
-    """The longest sequence the model's position embeddings take (None when its config names none)."""
-    if spec.name == EMBEDDED:
-        from workers.embedded import RECIPE
-
-        return RECIPE["max_positions"]
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(spec.name, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
+def max_positions(config) -> int | None:
+    """The longest sequence a model config's position embeddings take (None when it names none)."""
     return next((v for k in ("max_position_embeddings", "n_positions", "max_sequence_length") if (v := getattr(config, k, None))),
                 None)
 
