@@ -113,15 +113,6 @@ class MlflowSync:
     def start(self, trial) -> None:
         self._call(lambda t: self._run(t, trial, running=True))
 
-    def killed(self, labels: list[str]) -> None:
-        """The runs of trials an interrupted sweep stopped: KILLED, not left RUNNING."""
-        def mark(t):
-            for label in labels:
-                if label in self._runs:
-                    t.finish(self._runs[label], status="KILLED")
-
-        self._call(mark)
-
     def result(self, trial, result: dict) -> None:
         if STEP in result:
             self._call(lambda t: t.log_points(self._run(t, trial), [result]))

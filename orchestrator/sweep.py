@@ -321,7 +321,7 @@ def run_grid_to_its_end(cfg: ExperimentConfig, points: list[Point], given: Ancho
     n = len(grid.finished) + len(grid.failed) + len(grid.unfinished) + len(grid.stopped)
     log.info("driver memory: %.0f MB resident as the grid started, %.0f MB after its %d trials", before, resident_mb(), n)
     if grid.unfinished:
-        stop_interrupted(tracker, sync, parent_id, grid.unfinished)
+        stop_interrupted(tracker, parent_id)
         raise Interrupted(signal.SIGINT, f"{len(grid.finished)} of {n} trials finished, {len(grid.failed)} failed, "
                                          f"{len(grid.unfinished)} did not finish; nothing was built from those")
     return grid
@@ -364,10 +364,10 @@ def write_report(cfg: ExperimentConfig, summary: Summary, grid: Grid, tracker, p
         print(f"{len(grid.failed)} trial(s) failed: {', '.join(map(str, grid.failed))}")
 
 
-def stop_interrupted(tracker, sync: MlflowSync, parent_id: str, unfinished: list[str]) -> None:
+def stop_interrupted(tracker, parent_id: str) -> None:
     """An interrupted sweep's unfinished trial runs and its own run end KILLED."""
-    sync.killed(unfinished)
     try:
+        tracker.kill_running(parent_id)
         tracker.finish(parent_id, status="KILLED")
     except Exception as e:  # MLflow down too: the runs stay RUNNING until `sync` or --resume
         log.warning("MLflow unavailable (%s); the sweep's run is left RUNNING", type(e).__name__)

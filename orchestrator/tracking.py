@@ -189,6 +189,15 @@ class Tracker:
         if self.client.get_run(run_id).info.status != status:
             self.client.set_terminated(run_id, status)
 
+    def kill_running(self, parent_id: str) -> int:
+        """An interrupted sweep's trial runs still RUNNING end KILLED; returns how many.
+        Asked of MLflow, not of the live mirror's memory: after Tune returned, no trial runs,
+        and a run the mirror created as the signal came in is one it may not have recorded."""
+        running = [r for r in self.child_runs(parent_id) if r.info.status == "RUNNING"]
+        for run in running:
+            self.client.set_terminated(run.info.run_id, "KILLED")
+        return len(running)
+
     def set_tags(self, run_id: str, tags: dict) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 

@@ -112,15 +112,6 @@ def test_an_outage_is_logged_once_and_mlflow_left_alone_until_the_retry(caplog):
     assert [c for c in server.calls if c[0] == "log_points"] == [("log_points", "run-mix-lam0.5-seed0", [50])]
 
 
-def test_killed_marks_only_the_runs_it_knows():
-    server, clock = Server(), Clock()
-    sync = mirror(server, clock)
-    sync.start(trial())
-    sync.killed([POINT.label, "never-started"])
-    assert server.calls[-1] == ("finish", "run-mix-lam0.5-seed0", "KILLED")
-    assert len(server.calls) == 2
-
-
 def test_the_pickled_mirror_holds_no_tracker_nor_run_ids():
     server, clock = Server(), Clock()
     sync = mirror(server, clock)

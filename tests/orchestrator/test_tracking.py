@@ -22,6 +22,23 @@ def test_a_trial_run_left_without_params_gets_them_and_no_twin(tmp_path):
     assert len(runs) == 1
 
 
+def test_an_interrupted_sweep_kills_every_trial_run_still_running(tmp_path):
+    """Whoever created them (the live mirror, or nobody the driver knows of): after Tune
+    returned, this parent's RUNNING trial runs end KILLED; finished ones and another
+    sweep's stay as they were."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = Tracker(uri, "exp", str(tmp_path))
+    parent, other = tracker.start_parent("exp", {"name": "exp"}), tracker.start_parent("exp2", {"name": "exp"})
+    ids = {label: tracker.trial_run(parent, label, label, {}, "main", running=True) for label in ("done", "cut", "starting")}
+    elsewhere = tracker.trial_run(other, "x", "x", {}, "main", running=True)
+    tracker.finish(ids["done"])
+    assert tracker.kill_running(parent) == 2
+    client = MlflowClient(uri)
+    assert {label: client.get_run(i).info.status for label, i in ids.items()} == {
+        "done": "FINISHED", "cut": "KILLED", "starting": "KILLED"}
+    assert client.get_run(elsewhere).info.status == "RUNNING"
+
+
 def test_the_front_marks_each_trial_run_with_its_final_point_and_front_membership(tmp_path):
     """mix λ 0.5 dominates alright λ 0.5: only mix's run is tagged on_front; both get their
     final losses as final/… metrics, a trial on no row (a stopped one) gets nothing."""
