@@ -90,6 +90,8 @@ class TrackingSpec(Section):
     tracking_uri: str | None = Field(
         None, description="MLflow server or store URI; default $MLFLOW_TRACKING_URI, else SQLite under storage"
     )
+    register_models: bool = Field(True, description="copy the front trials' models into MLflow and register them (one "
+                                  "registered model per sweep, a version per front trial); off for models too large to copy")
 
 
 class ExperimentConfig(Section):

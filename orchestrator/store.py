@@ -62,8 +62,12 @@ def rebuild(tracker: Tracker, out_dir: Path, publish_to_parent: bool = True, fin
                         anchor_behaviour([(p.objective, traj) for p, traj in trials.values() if p.is_anchor]))
     write_artifacts(summary, {label: traj for label, (_, traj) in main.items()}, out_dir,
                     Path(tracker.storage) / tracker.experiment)
-    if publish_to_parent:
+    if publish_to_parent and (elsewhere := tracker.artifacts_elsewhere(parent)) is not None:
+        log.warning("this store's artifacts are those of the folder it was copied from (%s): the front is written to %s "
+                    "and not published in MLflow, which would write into that folder", elsewhere, out_dir)
+    elif publish_to_parent:
         ok = parent.info.status == "FINISHED" if finished is None else finished
-        tracker.publish_front(parent.info.run_id, summary, out_dir, ok=ok)
+        tracker.publish_front(parent.info.run_id, summary, out_dir, ok=ok,
+                              register=params.get("tracking.register_models", "True") == "True")
     log.info("front rebuilt from %d finished trial(s) of sweep run %s", len(results), parent.info.run_id)
     return summary

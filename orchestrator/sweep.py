@@ -353,8 +353,8 @@ def write_report(cfg: ExperimentConfig, summary: Summary, grid: Grid, tracker, p
     (report_dir / "config.yaml").write_text(yaml.safe_dump(redact(cfg.model_dump()), sort_keys=False))
     try:
         backfill(cfg, tracker, parent_id)
-        tracker.publish_front(parent_id, summary, report_dir, ok=not grid.failed)
-        where = f"MLflow: {redact_text(uri)} (experiment {cfg.name!r}; `rightsweep ui` to browse)"
+        models = tracker.publish_front(parent_id, summary, report_dir, ok=not grid.failed, register=cfg.tracking.register_models)
+        where = f"MLflow: {redact_text(uri)} (experiment {cfg.name!r}; `rightsweep ui` to browse)\n{models}"
     except Exception as e:  # the sweep is done and on storage; only the mirror is behind
         log.warning("MLflow unavailable at the end of the sweep (%s: %s)", type(e).__name__, redact_text(str(e))[:300])
         where = (f"MLflow at {redact_text(uri)} is behind: once it is back, run `rightsweep sync --experiment {cfg.name}` "

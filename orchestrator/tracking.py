@@ -8,9 +8,11 @@ what is missing and never duplicates.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
+import urllib.parse
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,16 +24,19 @@ from mlflow.exceptions import MlflowException
 
 from orchestrator import mlflow_view
 from orchestrator.redact import redact_text
+from orchestrator.resume import model_dir
 from workers import metrics as names
 
 if TYPE_CHECKING:
     from orchestrator.pareto import Summary
 
+log = logging.getLogger("rightsweep.tracking")
 TRIAL_TAG = "rightsweep.trial_id"
 ROLE_TAG = "rightsweep.role"
 STAGE_TAG = "rightsweep.stage"
 BATCH = 900  # MLflow's log_batch takes at most 1000 metrics a call
 SAMPLES_DIR = "samples"
+MODEL_DIR = "model"  # a front trial's weights and tokenizer in its run's artifacts (save_pretrained's folder)
 # The final point of a trial, as ``final/<metric>`` on its run: (metric, field of a pareto Row).
 FINAL = ((names.SFT_LOSS, "sft_loss"), (names.DPO_LOSS, "dpo_loss"), (names.PREF_ACCURACY, "pref_accuracy"),
          (names.GEN_SFT_ACCURACY, "sft_accuracy"), (names.GEN_PREF_WIN_RATE, "pref_win_rate"))
@@ -46,6 +51,11 @@ def tracking_uri(configured: str | None, storage: str) -> str:
     """Config first, then ``MLFLOW_TRACKING_URI``, else an SQLite store under storage
     (MLflow 3 refuses a plain file store unless forced)."""
     return configured or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(storage) / 'mlflow.db'}"
+
+
+def registered_model(experiment: str, parent_id: str) -> str:
+    """The registry name of one sweep's front models (a sweep is one parent run)."""
+    return f"{experiment}-front-{parent_id[:8]}"
 
 
 def trajectory_metrics(points: list[dict]) -> list[Metric]:
@@ -107,6 +117,16 @@ class Tracker:
         for key, value in mlflow_view.views().items():
             if key not in have or mlflow_view.read_envelope(have[key]) != mlflow_view.read_envelope(value):
                 self.client.set_experiment_tag(self.experiment_id, key, value)
+
+    def artifacts_elsewhere(self, run) -> Path | None:
+        """Where a run of a local store keeps its artifacts, when that is outside this storage:
+        the store was copied from another folder, and its runs' artifact URIs (absolute, as
+        MLflow stores them) still name that folder's files."""
+        location = urllib.parse.urlparse(run.info.artifact_uri)
+        if not self.uri.startswith("sqlite:") or location.scheme != "file":
+            return None
+        folder = Path(urllib.parse.unquote(location.path))
+        return None if folder.resolve().is_relative_to(Path(self.storage).resolve()) else folder
 
     def start_parent(self, name: str, params: dict, run_id: str | None = None) -> str:
         """A new parent run, or the given one (a resumed sweep), reopened."""
@@ -245,8 +265,45 @@ class Tracker:
                 tags=[RunTag("on_front", str((row.schedule, row.lam) in front).lower()),
                       RunTag("on_behaviour_front", str((row.schedule, row.lam) in behaviour).lower())])
 
-    def publish_front(self, parent_id: str, summary: "Summary", report_dir: Path, ok: bool = True) -> None:
-        """A sweep's report files, f*, hypervolumes and their reference point on its run, and its end."""
+    def register_front(self, parent_id: str, summary: "Summary") -> tuple[str, int]:
+        """The front's models in MLflow's registry: one registered model per sweep, a version
+        per trial of a front cell (every seed), tagged with its schedule, λ, seed and trial.
+        Each is copied once from storage into its run's artifacts (``model/``); a version whose
+        trial is no longer on the front (the front rebuilt with more trials) is deleted.
+        Returns (name, versions)."""
+        name = registered_model(self.experiment, parent_id)
+        runs = {r.data.tags.get(TRIAL_TAG): r for r in self.child_runs(parent_id)}
+        front = {(c.schedule, c.lam) for c in summary.cells if c.on_front}
+        wanted = {r.trial_id: r for r in summary.rows if (r.schedule, r.lam) in front and r.trial_id in runs}
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException:
+            self.client.create_registered_model(name, tags={"experiment": self.experiment, "parent_run_id": parent_id},
+                                                description=f"the Pareto front of sweep run {parent_id} ({self.experiment})")
+        have = {v.tags.get(TRIAL_TAG): v for v in self.client.search_model_versions(f"name = '{name}'")}
+        for trial_id, version in have.items():
+            if trial_id not in wanted:
+                self.client.delete_model_version(name, version.version)
+        for trial_id, row in wanted.items():
+            if trial_id in have:
+                continue
+            folder = model_dir(Path(self.storage) / self.experiment, trial_id)
+            if not folder.is_dir():
+                log.warning("front trial %s has no model at %s: not registered", trial_id, folder)
+                continue
+            run = runs[trial_id].info
+            if not self.client.list_artifacts(run.run_id, MODEL_DIR):
+                self.client.log_artifacts(run.run_id, str(folder), MODEL_DIR)
+            self.client.create_model_version(
+                name, source=f"{run.artifact_uri}/{MODEL_DIR}", run_id=run.run_id,
+                tags={"schedule": row.schedule, "lam": str(row.lam), "seed": str(row.seed), TRIAL_TAG: trial_id},
+                description=f"{row.schedule} λ {row.lam} seed {row.seed}: final f_SFT {row.sft_loss:.4f}, f_DPO {row.dpo_loss:.4f}")
+        return name, len(self.client.search_model_versions(f"name = '{name}'"))
+
+    def publish_front(self, parent_id: str, summary: "Summary", report_dir: Path, ok: bool = True,
+                      register: bool = True) -> str:
+        """A sweep's report files, f*, hypervolumes and their reference point on its run, the
+        front's models registered (``register``), and its end. Returns where the models are."""
         for f in sorted(report_dir.iterdir()):
             self.client.log_artifact(parent_id, str(f))
         # Metrics and a tag, not params: a front rebuilt from part of a sweep has another f* and
@@ -259,5 +316,10 @@ class Tracker:
         now = int(time.time() * 1000)
         self.client.log_batch(parent_id, metrics=[Metric(k, v, now, 0) for k, v in values.items()])
         self.mark_trials(parent_id, summary)
+        models = "front models: on storage only (tracking.register_models is off)"
+        if register:
+            name, versions = self.register_front(parent_id, summary)
+            models = f"front models: registered model {name!r}, {versions} version(s), models:/{name}/<version>"
         self.set_tags(parent_id, {"hypervolume_reference": summary.reference_rule})
         self.finish(parent_id, ok)
+        return models

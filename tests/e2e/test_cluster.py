@@ -93,6 +93,46 @@ def test_pareto_from_the_store_reproduces_the_sweep(submitted, tmp_path):
     assert rebuilt["anchors"] == sweep["anchors"] and rebuilt["hypervolume"] == sweep["hypervolume"]
 
 
+LOAD = """
+import sys, mlflow, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+mlflow.set_tracking_uri(sys.argv[1])
+path = mlflow.artifacts.download_artifacts(sys.argv[2], dst_path=sys.argv[3])
+model, tokenizer = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+on_storage = AutoModelForCausalLM.from_pretrained(sys.argv[4])
+ids = tokenizer("### Instruction: add 2 and 3", return_tensors="pt").input_ids
+print(ids.shape[1], float((model(ids).logits - on_storage(ids).logits).abs().max()))
+"""
+
+
+def test_the_fronts_models_are_registered_and_load_from_their_uris(submitted, tmp_path):
+    """After the sweep and the rebuild from the store (which registers again: no twin), a
+    version per front trial; each loads with from_pretrained from its models:/ URI and is the
+    model on storage."""
+    from orchestrator.resume import model_dir
+    from orchestrator.tracking import TRIAL_TAG, registered_model
+
+    storage, stdout = submitted
+    client = store(storage)
+    exp, all_runs = runs(client, "smoke")
+    (parent,) = [r for r in all_runs if r.data.tags.get("rightsweep.role") == "sweep"]
+    report = json.loads((storage / "smoke" / "report" / "pareto.json").read_text())
+    front = [row for row in report["rows"] if f"{row['schedule']}@{row['lam']:g}" in report["front"]]
+    name = registered_model("smoke", parent.info.run_id)
+    assert f"registered model {name!r}" in stdout
+    versions = client.search_model_versions(f"name = '{name}'")
+    assert sorted(v.tags[TRIAL_TAG] for v in versions) == sorted(row["trial_id"] for row in front) and front
+    for v in versions:
+        row = next(r for r in front if r["trial_id"] == v.tags[TRIAL_TAG])
+        assert (v.tags["schedule"], float(v.tags["lam"])) == (row["schedule"], row["lam"])
+        proc = subprocess.run([PY, "-c", LOAD, f"sqlite:///{storage}/mlflow.db", f"models:/{name}/{v.version}",
+                               str(tmp_path / str(v.version)), str(model_dir(storage / "smoke", row["trial_id"]))],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        tokens, diff = proc.stdout.split()
+        assert int(tokens) > 1 and float(diff) == 0.0
+
+
 def test_a_trial_too_large_for_a_fixed_cluster_is_refused_not_left_pending(head, tmp_path):
     """No autoscaler on this cluster: 64 workers a trial can never be placed, so the driver
     says so (exit 2) instead of leaving the trials in PENDING."""

@@ -117,3 +117,24 @@ def test_behaviour_and_samples_come_back_from_the_store(store, tmp_path):
     assert fresh.client.get_run(parent).data.metrics["behaviour_hypervolume/all"] == pytest.approx(0.25)
     md = (tmp_path / "report" / "samples.md").read_text()
     assert "| alright@0.5 | loss | `45` | fail |" in md and "| mix@0.5 | loss, behaviour | `42` | pass |" in md
+
+
+def test_a_copied_store_is_rebuilt_without_writing_into_the_originals_folder(tmp_path, caplog):
+    """A copied SQLite store's runs still name the original's artifact folder: the rebuild
+    writes its report where asked and leaves both MLflow and that folder alone."""
+    import shutil
+
+    original = tmp_path / "original"
+    tracker, parent = sweep(Tracker(f"sqlite:///{original / 'mlflow.db'}", "exp", str(original)), {}, TRIALS)
+    before = sorted(p for p in original.rglob("*") if p.is_file())
+    shutil.copytree(original, copy := tmp_path / "copy")
+    copied = Tracker(f"sqlite:///{copy / 'mlflow.db'}", "exp", str(copy))
+    summary = rebuild(copied, tmp_path / "report", finished=True)
+    assert [(c.schedule, c.lam) for c in summary.front()] == [("alright", 0.5), ("mix", 0.5)]
+    assert (tmp_path / "report" / "pareto.csv").is_file()
+    assert sorted(p for p in original.rglob("*") if p.is_file() and p.name != "mlflow.db") == [
+        p for p in before if p.name != "mlflow.db"]
+    assert not list((original / "mlartifacts").rglob("pareto.png"))
+    assert copied.client.get_run(parent).info.status == "RUNNING", "nothing published in the copy either"
+    assert any("copied from" in r.getMessage() and str(original) in r.getMessage() for r in caplog.records)
+    assert copied.artifacts_elsewhere(copied.client.get_run(parent)) == original / "mlartifacts" / "exp" / parent / "artifacts"

@@ -1,5 +1,10 @@
 """MLflow writes are idempotent and fill gaps, on a real SQLite store."""
 
+import json
+import shutil
+from pathlib import Path
+
+import mlflow
 from mlflow import MlflowClient
 
 from orchestrator.tracking import ROLE_TAG, TRIAL_TAG, Tracker
@@ -62,6 +67,47 @@ def test_the_front_marks_each_trial_run_with_its_final_point_and_front_membershi
     assert (mix.metrics["final/eval/sft_loss"], mix.metrics["final/eval/dpo_loss"]) == (0.4, 0.5)
     assert alright.metrics["final/eval/sft_loss"] == 0.6 and "final/gen/sft_accuracy" not in alright.metrics  # NaN: not logged
     assert "on_front" not in stopped.tags and not [k for k in stopped.metrics if k.startswith("final/")]
+
+
+def test_the_front_is_registered_once_a_version_per_front_trial(tmp_path):
+    """Mix λ 0.5 (two seeds) is the front: two versions, tagged, their files copied into the
+    runs' artifacts. Published again, nothing is added; once ALRIGHT λ 0.5 dominates, Mix's
+    versions go and ALRIGHT's comes; a front trial without a model folder is skipped."""
+    import math
+
+    from orchestrator.pareto import TrialResult, summarize
+    from orchestrator.resume import model_dir
+    from orchestrator.tracking import registered_model
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = Tracker(uri, "exp", str(tmp_path))
+    parent = tracker.start_parent("exp", {"name": "exp"})
+    labels = ["mix-lam0.5-seed0", "mix-lam0.5-seed1", "alright-lam0.5-seed0"]
+    for label in labels:
+        tracker.trial_run(parent, label, label, {}, "main")
+        (folder := model_dir(tmp_path / "exp", label)).mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps({"trial": label}))
+    mix = [TrialResult(labels[0], "mix", 0.5, 0, 0.4, 0.5), TrialResult(labels[1], "mix", 0.5, 1, 0.42, 0.52)]
+    alright = TrialResult(labels[2], "alright", 0.5, 0, 0.6, 0.7)
+    client, name = MlflowClient(uri), registered_model("exp", parent)
+
+    def versions():
+        return {v.tags[TRIAL_TAG]: v for v in client.search_model_versions(f"name = '{name}'")}
+
+    summary = summarize([*mix, alright], None, initial_point=(2.0, math.log(2)))
+    assert tracker.register_front(parent, summary) == (name, 2)
+    assert tracker.register_front(parent, summary) == (name, 2)
+    got = versions()
+    assert set(got) == set(labels[:2]) and (got[labels[1]].tags["schedule"], got[labels[1]].tags["seed"]) == ("mix", "1")
+    source = client.get_model_version_download_uri(name, got[labels[1]].version)
+    local = mlflow.artifacts.download_artifacts(source, dst_path=str(tmp_path / "dl"), tracking_uri=uri)
+    assert json.loads((Path(local) / "config.json").read_text()) == {"trial": labels[1]}
+    better = TrialResult(labels[2], "alright", 0.5, 0, 0.3, 0.4)
+    assert tracker.register_front(parent, summarize([*mix, better], None, initial_point=(2.0, math.log(2)))) == (name, 1)
+    assert set(versions()) == {labels[2]}
+    shutil.rmtree(model_dir(tmp_path / "exp", labels[0]))
+    assert tracker.register_front(parent, summary) == (name, 1), "a front trial with no model folder is skipped"
+    assert set(versions()) == {labels[1]}
 
 
 def test_the_experiment_carries_the_uis_saved_views_once(tmp_path):
