@@ -8,6 +8,7 @@ benchmark scripts wrote.
 from __future__ import annotations
 
 import math
+import statistics
 
 from bench import stats
 from bench.common import RESULTS, ROOT, read_result
@@ -348,7 +349,25 @@ def search_section(data: dict) -> list[str]:
             lines.append(f"| {key.replace('/', ' ÷ ')} | – | hypervolume ×{r['hypervolume']['mean']:.4f} per seed, "
                          f"×{r['hypervolume']['over_means']:.4f} over means; optimizer steps ×{r['optimizer_steps']:.3f}; "
                          f"wall ×{r['wall']:.3f} | |")
-        lines.append("")
+        lines += ["", *initial_box_lines(setting), ""]
+    return lines
+
+
+def initial_box_lines(setting: dict) -> list[str]:
+    """The same trials in the second box, (0, 0) to 1.1 × the initial model's point."""
+    from bench.search import ARMS
+
+    box = setting["initial_box"]
+    ref = ", ".join(f"{v:.4f}" for v in box["reference"])
+    lines = [f"In the initial model's box, (0, 0) to 1.1 × its point ({ref}), scored after the first box saturated "
+             "(`python -m bench.search --rescore`, the same end points):", "",
+             "| arm | hypervolume per seed | over means | ÷ grid per seed | ÷ grid over means |", "|---|---|---|---|---|"]
+    grid = box["hv"]["grid"]
+    for arm in ARMS:
+        hv = box["hv"][arm]
+        per = [hv["per_seed"][k] / grid["per_seed"][k] for k in hv["per_seed"]]
+        lines.append(f"| {arm} | {pm(stats.mean_std(list(hv['per_seed'].values())), '{:.4f}')} | {hv['over_means']:.4f} | "
+                     f"×{statistics.mean(per):.4f} ({', '.join(f'{v:.3f}' for v in per)}) | ×{hv['over_means'] / grid['over_means']:.4f} |")
     return lines
 
 
