@@ -33,15 +33,18 @@ def standin_model(dst, cache_dir) -> None:
 
 
 def run(args: list[str], summary_only: bool = False) -> tuple[str, str]:
-    """(the command as a user types it, its output: everything, or the summary a sweep prints at
-    its end, from its table on, without Ray's and Tune's progress)."""
+    """(the command as a user types it, its output: everything, or a sweep's console line per
+    trial and the summary it prints at its end, from its table of seed means on, without the
+    other log lines)."""
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=WORK / "own", capture_output=True, text=True)
-    out = proc.stdout + proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=WORK / "own", stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+    out = proc.stdout
     if summary_only:
         lines = proc.stdout.splitlines()
         table = next(i for i, line in enumerate(lines) if line.startswith("per schedule and λ"))
-        out = "[… Ray's and Tune's progress …]\n" + "\n".join(lines[table:]) + "\n"
+        trials = [line for line in lines[:table] if " rightsweep.trials: " in line]
+        out = "\n".join(["[… the preparation's and the trial processes' log lines …]", *trials, "[…]", *lines[table:]]) + "\n"
     return "rightsweep " + " ".join(shlex.quote(a) for a in args), f"{out}(exit {proc.returncode}, {time.perf_counter() - started:.0f} s)\n"
 
 

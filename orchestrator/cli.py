@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -159,6 +160,7 @@ def cmd_sync(args) -> int:
     # The sweep's own config (its trials' params), with this command's storage and MLflow.
     cfg = ExperimentConfig.model_validate({**state.config, "storage": cli.storage, "tracking": cli.tracking.model_dump()})
     tracker = Tracker(tracking_uri(cfg.tracking.tracking_uri, cfg.storage), name, cfg.storage)
+    tracker.datasets = state.datasets
     runs, points = backfill(cfg, tracker, state.parent_run_id)
     print(f"MLflow has the {runs} trial run(s) of sweep {name!r}; {points} missing point(s) copied from storage")
     if state.finished:
@@ -212,6 +214,9 @@ def cmd_ui(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Ray folds log lines that differ only in numbers into one "[repeated Nx]" line, printed
+    # seconds later: two seeds' evaluations are such lines. Read when ray is first imported.
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     args = parser().parse_args(argv)
     try:

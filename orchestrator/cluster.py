@@ -62,6 +62,15 @@ def connect() -> None:
     log.info("started a local Ray (temp dir %s)", temp_dir)
 
 
+def disconnect() -> None:
+    """Leave Ray once the trials have ended, so the log lines its processes still had in
+    flight (and Ray's held-back repeats) print before the sweep's summary, not after it at
+    exit. A private local Ray stops with it; its temp dir goes at exit."""
+    import ray
+
+    ray.shutdown()
+
+
 def _stop_local(temp_dir: str) -> None:
     """At exit: stop the private Ray (before Ray's own exit hook) and remove its temp dir."""
     import ray

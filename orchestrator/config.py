@@ -92,6 +92,9 @@ class TrackingSpec(Section):
     )
     register_models: bool = Field(True, description="copy the front trials' models into MLflow and register them (one "
                                   "registered model per sweep, a version per front trial); off for models too large to copy")
+    system_metrics_every_s: float | None = Field(
+        10.0, gt=0, description="sample the CPU, memory, disk, network and GPUs of the machine the driver runs on onto the "
+        "sweep's run every this many seconds (MLflow's system metrics); null: off")
 
 
 class ExperimentConfig(Section):

@@ -62,8 +62,10 @@ class MlflowSync:
     """
 
     def __init__(self, uri: str, experiment: str, storage: str, parent_id: str, params: Callable[[Point], dict],
-                 clock: Callable[[], float] = time.monotonic, connect: Callable[[], object] | None = None):
+                 clock: Callable[[], float] = time.monotonic, connect: Callable[[], object] | None = None,
+                 datasets: list[dict] = ()):
         self.experiment, self.storage, self.parent_id = experiment, storage, parent_id
+        self.datasets = list(datasets)  # each trial run's inputs
         _URIS[(experiment, storage)] = uri
         self.params = params  # a point's params (an adaptive search adds points as it goes)
         self._clock = clock
@@ -82,7 +84,9 @@ class MlflowSync:
             return self._connect()
         from orchestrator.tracking import Tracker
 
-        return Tracker(_URIS[(self.experiment, self.storage)], self.experiment, self.storage)
+        tracker = Tracker(_URIS[(self.experiment, self.storage)], self.experiment, self.storage)
+        tracker.datasets = self.datasets
+        return tracker
 
     def _call(self, fn):
         if self._down_since is not None and self._clock() - self._down_since < RETRY_AFTER_S:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -24,3 +25,21 @@ def redact(value: Any, key: str = "") -> Any:
     if isinstance(value, str):
         return MASK if key and SECRET_KEY.search(key.rsplit(".", 1)[-1]) and value else redact_text(value)
     return value
+
+
+class _Redacting(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if (masked := redact_text(message)) != message:
+            record.msg, record.args = masked, ()
+        return True
+
+
+def redact_logs(name: str) -> None:
+    """URI passwords masked in what another library logs under ``name`` (MLflow's system
+    metrics thread puts the tracking URI in its warnings): on the logger and on its
+    handlers, which also see its children's records."""
+    logger = logging.getLogger(name)
+    for target in (logger, *logger.handlers):
+        if not any(isinstance(f, _Redacting) for f in target.filters):
+            target.addFilter(_Redacting())

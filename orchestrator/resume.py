@@ -36,6 +36,7 @@ class SweepState:
     tracking_uri: str = ""  # redacted: for the reader, never for connecting
     config: dict = field(default_factory=dict)  # redacted
     numerics: dict[str, str] = field(default_factory=dict)
+    datasets: list[dict] = field(default_factory=list)  # workers.data.dataset_record of each
     finished: bool = False
     failed: list[str] = field(default_factory=list)
     f_star_sft: float | None = None

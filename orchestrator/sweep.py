@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from orchestrator.cluster import disconnect
 from orchestrator.config import ConfigError, ExperimentConfig, TrackingSpec
 from orchestrator.mirror import MlflowSync, backfill, trial_params, tune_callback
 from orchestrator.pareto import (Anchors, Summary, anchor_behaviour, finished_anchors, initial_behaviour, initial_point,
@@ -123,7 +124,9 @@ def build_tuner(cfg: ExperimentConfig, points: list[Point], anchors: Anchors | N
                 resume_from: dict[str, str]):
     """One Tune trial per point, each a ``tune_trial`` (a ``TorchTrainer``), named by its label."""
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
 
+    from orchestrator.console import console
     from orchestrator.trial import anchor_watch, tune_trial
 
     logging.getLogger("ray.tune.tune").addFilter(_NoTuneRestoreHint())
@@ -143,12 +146,16 @@ def build_tuner(cfg: ExperimentConfig, points: list[Point], anchors: Anchors | N
     on_storage = stored.sweep_points_on_storage(cfg, sweep_dir)
     cells = {(p.schedule, p.lam) for p in on_storage if not p.is_anchor}
     n_trials = len(points) + (cfg.cell_budget - len(cells)) * len(cfg.sweep.seeds)  # the grid's, or at most the search's
+    slots = max_concurrent(cfg, n_trials if adaptive else len(points))
+    # Tune's JSON results alone (orchestrator.resume reads them): its CSV and TensorBoard
+    # loggers would only write copies, and TensorBoard's warns about the sample tables.
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     return tune.Tuner(
         trainable,
         # Plain dicts: Tune writes them into each trial's params.json, readable without unpickling.
         param_space={} if adaptive else {"point": tune.grid_search([p.as_dict() for p in points])},
         tune_config=tune.TuneConfig(
-            max_concurrent_trials=max_concurrent(cfg, n_trials if adaptive else len(points)),
+            max_concurrent_trials=slots,
             search_alg=AdaptiveSearch(cfg, points) if adaptive else None,
             num_samples=-1 if adaptive else 1,  # the search says when it is done
             scheduler=ParetoStop(cfg, on_storage) if stopping else None,
@@ -165,8 +172,10 @@ def build_tuner(cfg: ExperimentConfig, points: list[Point], anchors: Anchors | N
             # A local-mode trial whose process dies is retried by Tune, from its last
             # checkpoint; with workers, Ray Train restarts them (resources.max_failures).
             failure_config=tune.FailureConfig(max_failures=cfg.resources.max_failures if local else 0),
-            callbacks=[anchor_watch(sweep_dir), *([tune_callback(sync)] if sync else [])],
-            verbose=1,
+            callbacks=[JsonLoggerCallback(), anchor_watch(sweep_dir),
+                       console(n_trials if adaptive else len(points), slots, adaptive, sweep_dir),
+                       *([tune_callback(sync)] if sync else [])],
+            verbose=0,  # orchestrator.console instead
         ),
     )
 
@@ -248,23 +257,24 @@ def _run_sweep(cfg: ExperimentConfig, resume: bool) -> Summary:
     sweep_dir = open_sweep_dir(cfg, resume)
     state = (stored.SweepState.load(sweep_dir) if resume else None) or stored.SweepState()
     tracker, uri = start(cfg, state, sweep_dir)
-    # One Tune experiment for the whole grid, so trial processes (and their imports) are
-    # reused from the anchors to the last trial.
-    points = stored.sweep_points_on_storage(cfg, sweep_dir)
-    given = Anchors(cfg.trial.train.f_star_sft, cfg.trial.train.f_star_dpo) if cfg.anchors_given else None
-    sync = MlflowSync(uri, cfg.name, cfg.storage, state.parent_run_id,
-                      functools.partial(trial_params, cfg.model_copy(update={"tracking": TrackingSpec()})))
-    grid = run_grid_to_its_end(cfg, points, given, sync, resume, tracker, state.parent_run_id)
-    summary = build_front(cfg, grid, given, state.numerics)
-    if summary.anchors is not None:
-        state.f_star_sft, state.f_star_dpo = summary.anchors.f_star_sft, summary.anchors.f_star_dpo
-    state.finished, state.failed = True, grid.failed
-    state.save(sweep_dir)
-    print(format_table(summary), flush=True)
-    search = search_record(cfg, sweep_dir, summary)
-    print("\n".join(search_lines(search)), flush=True)
-    write_report(cfg, summary, grid, tracker, state.parent_run_id, uri)
-    (sweep_dir / "report" / "search.json").write_text(json.dumps(search, indent=1))
+    with tracker.system_metrics(state.parent_run_id, cfg.tracking.system_metrics_every_s):
+        # One Tune experiment for the whole grid, so trial processes (and their imports) are
+        # reused from the anchors to the last trial.
+        points = stored.sweep_points_on_storage(cfg, sweep_dir)
+        given = Anchors(cfg.trial.train.f_star_sft, cfg.trial.train.f_star_dpo) if cfg.anchors_given else None
+        sync = MlflowSync(uri, cfg.name, cfg.storage, state.parent_run_id,
+                          functools.partial(trial_params, cfg.model_copy(update={"tracking": TrackingSpec()})), datasets=state.datasets)
+        grid = run_grid_to_its_end(cfg, points, given, sync, resume, tracker, state.parent_run_id)
+        summary = build_front(cfg, grid, given, state.numerics)
+        if summary.anchors is not None:
+            state.f_star_sft, state.f_star_dpo = summary.anchors.f_star_sft, summary.anchors.f_star_dpo
+        state.finished, state.failed = True, grid.failed
+        state.save(sweep_dir)
+        print(format_table(summary), flush=True)
+        search = search_record(cfg, sweep_dir, summary)
+        print("\n".join(search_lines(search)), flush=True)
+        write_report(cfg, summary, grid, tracker, state.parent_run_id, uri)
+        (sweep_dir / "report" / "search.json").write_text(json.dumps(search, indent=1))
     return summary
 
 
@@ -297,14 +307,16 @@ def start(cfg: ExperimentConfig, state: stored.SweepState, sweep_dir: Path):
     # and the shared inputs are built: none needs the others, and all come before a trial.
     with ThreadPoolExecutor(max_workers=1) as pool:
         opening = pool.submit(open_tracker, cfg, uri)
-        numerics = connect_and_prepare(cfg.trial, cfg.resources)
+        prepared = connect_and_prepare(cfg.trial, cfg.resources)
         tracker = opening.result()
+    numerics, tracker.datasets = prepared["numerics"], prepared["datasets"]
     log.info("numerics: %s", ", ".join(f"{k}={v}" for k, v in numerics.items()))
     with tracking_errors(uri):  # only now: a sweep refused above leaves no run behind
         params = {**redact(flatten(cfg.model_dump())), **{f"numerics.{k}": v for k, v in numerics.items()}}
         state.parent_run_id = tracker.start_parent(cfg.name, params, state.parent_run_id)
     # What `rightsweep sync` needs to mirror this sweep later: its run and its config.
     state.tracking_uri, state.config, state.numerics, state.finished = redact_text(uri), redact(cfg.model_dump()), numerics, False
+    state.datasets = tracker.datasets
     state.save(sweep_dir)
     log.info("MLflow: experiment %r, parent run %s, store %s", cfg.name, state.parent_run_id, redact_text(uri))
     return tracker, uri
@@ -318,6 +330,7 @@ def run_grid_to_its_end(cfg: ExperimentConfig, points: list[Point], given: Ancho
         grid = run_grid(cfg, points, given, sync, resume)
     except KeyboardInterrupt:  # before Tune took over the signal
         grid = Grid({}, [], [p.label for p in points])
+    disconnect()
     n = len(grid.finished) + len(grid.failed) + len(grid.unfinished) + len(grid.stopped)
     log.info("driver memory: %.0f MB resident as the grid started, %.0f MB after its %d trials", before, resident_mb(), n)
     if grid.unfinished:

@@ -8,6 +8,8 @@ what is missing and never duplicates.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import math
 import os
@@ -19,11 +21,12 @@ from typing import TYPE_CHECKING
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from orchestrator import mlflow_view
-from orchestrator.redact import redact_text
+from orchestrator.redact import redact_logs, redact_text
 from orchestrator.resume import model_dir
 from workers import metrics as names
 
@@ -56,6 +59,19 @@ def tracking_uri(configured: str | None, storage: str) -> str:
 def registered_model(experiment: str, parent_id: str) -> str:
     """The registry name of one sweep's front models (a sweep is one parent run)."""
     return f"{experiment}-front-{parent_id[:8]}"
+
+
+def dataset_inputs(records: list[dict]) -> list[DatasetInput]:
+    """The sweep's datasets as a run's inputs (the UI's Datasets column and panel): where
+    each is read from, a digest of its contents, the columns read (as MLflow's column
+    schema) and the rows its training and held-out splits kept."""
+    def source(r: dict) -> str:
+        return json.dumps({"path": r["source"], "split": r["split"]} if r["source_type"] == "hugging_face" else {"uri": r["source"]})
+
+    return [DatasetInput(Dataset(name=r["name"], digest=r["digest"], source_type=r["source_type"], source=source(r),
+                                 schema=json.dumps({"mlflow_colspec": [{"type": "string", "name": c} for c in r["columns"].values()]}),
+                                 profile=json.dumps({"train_rows": r["train_rows"], "eval_rows": r["eval_rows"]})),
+                         tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")]) for r in records]
 
 
 def trajectory_metrics(points: list[dict]) -> list[Metric]:
@@ -91,6 +107,7 @@ class Tracker:
         if redact_text(uri) != uri:  # MLflow prints "View run … at: <tracking URI>/…" as runs end
             os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
         self.uri, self.experiment, self.storage = uri, experiment, storage
+        self.datasets: list[dict] = []  # the sweep's data (workers.data.dataset_record), logged as each new run's inputs
         self.client = MlflowClient(uri)
         found = self.client.get_experiment_by_name(experiment)
         if found is None:
@@ -135,7 +152,31 @@ class Tracker:
             return run_id
         run = self.client.create_run(self.experiment_id, run_name=name, tags={ROLE_TAG: "sweep"})
         self.log_params(run.info.run_id, params)
+        self.log_datasets(run.info.run_id)
         return run.info.run_id
+
+    @contextlib.contextmanager
+    def system_metrics(self, run_id: str, every_s: float | None):
+        """MLflow's system metrics (``system/cpu_utilization_percentage``, memory, disk,
+        network, GPUs) of this machine on ``run_id`` every ``every_s`` seconds (None: off),
+        from a thread, while the block runs and the run is RUNNING; a resumed sweep's go on
+        from its last step."""
+        if every_s is None:
+            yield
+            return
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        redact_logs("mlflow")  # its thread's warnings name the tracking URI
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=every_s, resume_logging=True, tracking_uri=self.uri)
+        monitor.start()
+        try:
+            yield
+        finally:
+            monitor.finish()
+
+    def log_datasets(self, run_id: str) -> None:
+        if self.datasets:
+            self.client.log_inputs(run_id, datasets=dataset_inputs(self.datasets))
 
     def log_params(self, run_id: str, params: dict) -> None:
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
@@ -157,6 +198,7 @@ class Tracker:
                 "schedule": str(params.get("schedule")), "stage": stage}
         run = self.client.create_run(self.experiment_id, run_name=label, tags=tags)
         self.log_params(run.info.run_id, params)
+        self.log_datasets(run.info.run_id)
         return run.info.run_id
 
     def log_points(self, run_id: str, points: list[dict]) -> int:
@@ -191,7 +233,6 @@ class Tracker:
 
     def samples(self, run_id: str, step: int) -> list[dict] | None:
         """The sample generations logged at one step, as the trial reported them."""
-        import json
         import tempfile
 
         try:

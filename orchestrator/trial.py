@@ -21,7 +21,7 @@ from workers.metrics import OBJECTIVES
 log = logging.getLogger("rightsweep")
 
 
-def prepare_in_stages(submit, result, trial: dict, world_size: int, shards: int) -> dict[str, str]:
+def prepare_in_stages(submit, result, trial: dict, world_size: int, shards: int) -> dict:
     """``workers.inputs.prepare`` through ``submit(fn, *args)`` (a Ray task, or a process of
     a pool) and ``result(future)``. With several shards, the reference pass is split first:
     one call builds the token cache and plans the shards, one call per shard computes its
@@ -36,7 +36,7 @@ def prepare_in_stages(submit, result, trial: dict, world_size: int, shards: int)
     return result(submit(prepare, trial, world_size, done))
 
 
-def prepare_shared(trial: TrialConfig, resources: Resources) -> dict[str, str]:
+def prepare_shared(trial: TrialConfig, resources: Resources) -> dict:
     """Before any trial, once: build the embedded assets, the token cache and the reference
     log-probs, and read the inputs far enough to refuse what the config alone could not
     show (no row fits max_len, LoRA targets match nothing, the model cannot be loaded) as a
@@ -60,7 +60,7 @@ def prepare_shared(trial: TrialConfig, resources: Resources) -> dict[str, str]:
     return provenance
 
 
-def connect_and_prepare(trial: TrialConfig, resources: Resources) -> dict[str, str]:
+def connect_and_prepare(trial: TrialConfig, resources: Resources) -> dict:
     """Connect to Ray (or start a private local one), check that a trial fits, and build the
     shared inputs. When this process starts the Ray, the machine that builds them is this
     one, so they are built in processes of their own (one per shard of the reference pass)
@@ -118,10 +118,12 @@ def tune_trial(config: dict, experiment: dict, anchors: dict | None, resume_from
     ``anchors`` is f* when the config gives it; otherwise an anchor trial publishes its best
     loss on storage when it ends, and a MAXRIGHT trial waits for every anchor seed's.
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")  # a fresh actor has none
-    cfg = ExperimentConfig.model_validate(experiment)
     point = Point.from_dict(config["point"])
     label = point.label
+    # Named by this trial (a kept actor runs one trial after another): in local mode the
+    # loop logs through it, so each of its lines says whose it is.
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {label} %(name)s: %(message)s", force=True)
+    cfg = ExperimentConfig.model_validate(experiment)
     log.info("%s starts in process %d", label, os.getpid())  # for an operator who must stop one trial
     sweep_dir = Path(cfg.storage) / cfg.name
     if point.is_anchor:

@@ -19,6 +19,7 @@ import torch
 from workers.cache import files_digest, read_checked, write_checked
 from workers.config import EMBEDDED, LOCAL_SUFFIXES, ConfigError, DataSpec, DatasetSpec
 from workers.embedded import ensure_embedded
+from workers.progress import progress_bar
 from workers.prompts import alpaca_prompt_text, render_prompt
 
 log = logging.getLogger("rightsweep.data")
@@ -284,7 +285,7 @@ def _tokenized(data: DataSpec, tokenizer, cache_dir: str) -> tuple[tuple[TokenTa
     for split in load_splits(data, cache_dir):
         note(f"{split.kind} data from {split.source}: {split.counts}")
         for name, rows in (("train", split.train), ("eval", split.held)):
-            table, counts = tokenize(rows, split.kind, tokenizer, data.max_len)
+            table, counts = tokenize(rows, split.kind, tokenizer, data.max_len, progress=f"tokenizing {split.kind} {name}")
             note(f"{split.kind} {name} data: {counts}")
             require_rows(split.kind, name, split.source, counts, data.max_len)
             out.append(table)
@@ -354,6 +355,17 @@ def tokens_fingerprint(data: DataSpec, tokenizer, cache_dir: str) -> str | None:
            "sources": [source_identity(spec, kind, cache_dir) for kind, spec in (("sft", data.sft), ("pref", data.pref))],
            "libraries": [tokenizers.__version__, datasets.__version__]}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def dataset_record(spec: DatasetSpec, kind: str, cache_dir: str, train_rows: int, eval_rows: int) -> dict:
+    """One dataset as a run's input in MLflow: its source (the embedded default's file), a
+    digest of ``source_identity``, the columns it is read by, and the rows each split kept."""
+    resolved = _with_embedded_file(spec, kind, cache_dir).resolved(kind)
+    identity = json.dumps(source_identity(spec, kind, cache_dir))
+    where = "local" if resolved.is_local else "http" if "://" in resolved.source else "hugging_face"
+    return {"name": kind, "source": resolved.source, "source_type": where,
+            "digest": hashlib.sha256(identity.encode()).hexdigest()[:12], "columns": resolved.columns,
+            "split": resolved.split, "eval_split": resolved.eval_split, "train_rows": train_rows, "eval_rows": eval_rows}
 
 
 def source_identity(spec: DatasetSpec, kind: str, cache_dir: str) -> str | list[str]:
@@ -438,16 +450,19 @@ def encoded_chunks(rows: Rows, tokenizer):
         yield list(zip(*[encode_joint(tokenizer, part.prompts, list(col)) for col in zip(*part.responses)]))
 
 
-def tokenize(rows: Rows, kind: str, tokenizer, max_len: int) -> tuple[TokenTable, Counts]:
+def tokenize(rows: Rows, kind: str, tokenizer, max_len: int, progress: str | None = None) -> tuple[TokenTable, Counts]:
     """Token ids and loss masks of every row (SFT: ``input_ids``, ``loss_mask``; pairs: the
     ``chosen_*`` and ``rejected_*`` of each). Each response ends in EOS and is cut from its
     end to fit ``max_len``; a row whose prompt leaves no room for a response token is dropped.
-    A chunk of rows at a time, so memory follows the token table, not the tokenizer's lists."""
+    A chunk of rows at a time, so memory follows the token table, not the tokenizer's lists;
+    ``progress`` labels a progress bar of the rows."""
     eos = tokenizer.eos_token_id
     names = [("input_ids", "loss_mask")] if kind == "sft" else [("chosen_ids", "chosen_mask"), ("rejected_ids", "rejected_mask")]
     builders = [_SequenceBuilder() for _ in names]
     kept, truncated, dropped = 0, 0, 0
+    bar = progress_bar(len(rows), progress or "", "row", show=progress is not None)
     for chunk in encoded_chunks(rows, tokenizer):
+        bar.update(len(chunk))
         for encoded in chunk:
             if any(n_prompt >= max_len for _, n_prompt in encoded):
                 dropped += 1
@@ -458,6 +473,7 @@ def tokenize(rows: Rows, kind: str, tokenizer, max_len: int) -> tuple[TokenTable
                 builder.add((ids + [eos])[:max_len], n_prompt)
         for builder in builders:
             builder.flush()
+    bar.close()
     table = TokenTable({name: col for builder, pair in zip(builders, names) for name, col in zip(pair, builder.columns())})
     return table, Counts(kept, truncated, dropped)
 

@@ -22,15 +22,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
+from workers.progress import progress_bar
 from workers.prompts import alpaca_prompt_text, render_prompt
+
+log = logging.getLogger("rightsweep.embedded")
 
 RECIPE = {
     "version": 3,
@@ -145,13 +150,15 @@ def _pretrain(model, tokenizer, texts: list[str], recipe: dict) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=recipe["warmup_lr"])
     model.train()
     bs = recipe["warmup_batch"]
-    for step in range(recipe["warmup_steps"]):
-        batch = tokenizer(texts[step * bs : (step + 1) * bs], return_tensors="pt", padding=True)
-        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-        loss = model(**batch, labels=labels).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    with progress_bar(recipe["warmup_steps"], "building the embedded base model", "step") as bar:
+        for step in range(recipe["warmup_steps"]):
+            batch = tokenizer(texts[step * bs : (step + 1) * bs], return_tensors="pt", padding=True)
+            labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+            loss = model(**batch, labels=labels).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            bar.update()
     model.eval()
 
 
@@ -190,6 +197,7 @@ def ensure_embedded(cache_dir: str | os.PathLike, recipe: dict = RECIPE) -> Path
     from transformers import GPTNeoXForCausalLM
 
     root.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root.parent))
     try:
         sft, pref = generate_rows(recipe)
@@ -210,6 +218,7 @@ def ensure_embedded(cache_dir: str | os.PathLike, recipe: dict = RECIPE) -> Path
         tokenizer.save_pretrained(tmp / "base")
         try:
             os.rename(tmp, root)
+            log.info("embedded model and data built in %.1fs into %s (once per cache)", time.perf_counter() - started, root)
         except OSError:  # another process finished first; its copy is as good as ours
             pass
     finally:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from workers.config import TrialConfig
-from workers.data import BatchStream, TokenTable, cached_tokenized
+from workers.data import BatchStream, TokenTable, cached_tokenized, dataset_record
 from workers.model import add_lora, fused_optimizer, load_tokenizer, model_path, weights_identity
 from workers.reference import attach_reference, compute_shard, ensure_reference, pair_sets, reference_plan
 
@@ -92,11 +92,12 @@ def reference_shard(trial: dict, shard: dict) -> dict:
     return compute_shard(cfg, tokenizer, {"train": pref_train, "eval": pref_eval}, shard, device)
 
 
-def prepare(trial: dict, world_size: int, shards: list[dict] = ()) -> dict[str, str]:
+def prepare(trial: dict, world_size: int, shards: list[dict] = ()) -> dict:
     """Build the inputs every trial shares (the embedded assets, the reference log-probs)
     and read them far enough to refuse what the config alone could not show, as a
     ``ConfigError``: no row fits max_len, a worker's share cannot fill a batch, LoRA targets
-    match nothing, the model cannot be loaded. Returns ``numerics``, for the sweep's record.
+    match nothing, the model cannot be loaded. Returns ``numerics`` and each dataset's
+    ``data.dataset_record``, for the sweep's record.
     ``shards``: ``reference_shard``'s results, merged into the reference cache here.
     Takes and returns plain values: it runs in a Ray task or a fresh process."""
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -110,4 +111,7 @@ def prepare(trial: dict, world_size: int, shards: list[dict] = ()) -> dict[str, 
         config = AutoConfig.from_pretrained(model_path(m, cfg.cache_dir), revision=m.revision, trust_remote_code=m.trust_remote_code)
         with torch.device("meta"):
             add_lora(AutoModelForCausalLM.from_config(config, trust_remote_code=m.trust_remote_code), m)
-    return numerics(cfg, device)
+    datasets = [dataset_record(spec, kind, cfg.cache_dir, len(train), len(held))
+                for kind, spec, train, held in (("sft", cfg.data.sft, inputs.sft_train, inputs.sft_eval),
+                                                ("pref", cfg.data.pref, inputs.pref_train, inputs.pref_eval))]
+    return {"numerics": numerics(cfg, device), "datasets": datasets}

@@ -27,6 +27,7 @@ from workers.cache import read_checked, write_checked
 from workers.data import collate_pairs, eval_batches
 from workers.forward import pair_logps
 from workers.precision import autocast, weights_dtype
+from workers.progress import progress_bar
 
 log = logging.getLogger("rightsweep.reference")
 
@@ -50,29 +51,6 @@ def reference_key(cfg, device) -> str:
 
     return (f"{weights_identity(cfg.model, cfg.cache_dir)}|{cfg.train.precision}|{torch.device(device).type}"
             f"|threads={cfg.threads}|torch={torch.__version__}")
-
-
-class _LogLines:
-    """A file for tqdm that logs each refresh as a line: in a Ray task's log or a file, a
-    bar redrawn with carriage returns becomes one endless line."""
-
-    def write(self, text: str) -> None:
-        if text := text.strip("\r\n "):
-            log.info("%s", text)
-
-    def flush(self) -> None:
-        pass
-
-
-def progress_bar(pairs: int, label: str, show: bool):
-    """Pairs done, rate and ETA: a live bar on a terminal, a log line every 30 s elsewhere."""
-    from tqdm import tqdm
-
-    if not show:
-        return tqdm(total=pairs, disable=True)
-    if sys.stderr.isatty():
-        return tqdm(total=pairs, desc=label, unit="pair")
-    return tqdm(total=pairs, desc=label, unit="pair", file=_LogLines(), mininterval=30, ascii=True)
 
 
 def _malloc_trim():
@@ -203,7 +181,7 @@ def compute_shard(cfg, tokenizer, tables: dict, shard: dict, device) -> dict:
     pairs = sum(p["stop"] - p["start"] for p in shard["parts"])
     label = f"reference log-probs, shard {shard['index'] + 1} of {shard['shards']}"
     parts = []
-    with progress_bar(pairs, label, show=shard["index"] == 0) as bar:
+    with progress_bar(pairs, label, "pair", show=shard["index"] == 0) as bar:
         for p in shard["parts"]:
             ds = tables[p["table"]].rows(p["start"], p["stop"])
             chosen, rejected = compute_reference(base, ds, cfg.train.eval_batch_size, tokenizer.pad_token_id, device,

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -69,8 +70,15 @@ def test_an_adaptive_early_stopped_sweep_with_a_worker_per_trial_releases_the_st
            # before its end (at 40 steps it once ran out first, racing the driver's judgement).
            "--set", "trial.train.total_steps=100"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    lines = proc.stdout.splitlines()
+    # The console: a line per trial's end with its point and the sweep's progress, and every
+    # line of Ray's processes (each trial's workers) before the summary.
+    assert re.search(r"rightsweep.trials: alright-lam0.25-seed0 stopped early at step \d+: f_SFT [\d.]+  f_DPO [\d.]+ in \d+s", proc.stdout)
+    assert re.search(r"rightsweep.trials: .* 5 of at most \d+ trials ended, 0 running", proc.stdout)
+    summary = lines.index("trials (every seed):")
+    assert max(i for i, line in enumerate(lines) if "pid=" in line) < summary
     sweep = tmp_path / "smoke"
     # One trial at a time, Mix first: at step 40 (not yet at 20) Mix λ 0.25 is below ALRIGHT
     # λ 0.25 in both losses, so ALRIGHT λ 0.25 is stopped with 60 of its steps still to go.

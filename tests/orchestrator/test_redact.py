@@ -27,3 +27,21 @@ def test_logged_trial_params_carry_no_uri_password():
     cfg = load_config("smoke", ["trial.data.sft.source=https://user:hunter2@example.org/data.jsonl"])
     params = trial_params(cfg, Point("main", "alright", 0.5, 0))
     assert "hunter2" not in str(params) and params["sft_data"] == f"https://user:{MASK}@example.org/data.jsonl"
+
+
+def test_a_librarys_log_lines_lose_their_uri_passwords_children_included():
+    import io
+    import logging
+
+    from orchestrator.redact import redact_logs
+
+    stream = io.StringIO()
+    library = logging.getLogger("rs-test-library")
+    library.addHandler(logging.StreamHandler(stream))
+    library.propagate = False
+    redact_logs("rs-test-library")
+    redact_logs("rs-test-library")  # once is enough; twice adds nothing
+    logging.getLogger("rs-test-library.monitor").warning("API request to %s failed", "http://alice:s3cret@10.0.0.1:5000/api")
+    library.warning("plain line")
+    assert stream.getvalue().splitlines() == ["API request to http://alice:***@10.0.0.1:5000/api failed", "plain line"]
+    assert len(library.filters) == 1 and len(library.handlers[0].filters) == 1

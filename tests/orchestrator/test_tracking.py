@@ -1,6 +1,7 @@
 """MLflow writes are idempotent and fill gaps, on a real SQLite store."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -131,3 +132,53 @@ def test_the_experiment_carries_the_uis_saved_views_once(tmp_path):
     assert runs_page(uri, "exp") == (f"#/experiments/{tracker.experiment_id}/runs?workflowType=machine_learning"
                                      "&viewStateShareKey=rightsweep-trials&compareRunsMode=CHART")
     assert runs_page(uri, "no-such-sweep") is None
+
+
+def test_the_sweeps_datasets_are_the_inputs_of_its_run_and_of_each_trial_run(tmp_path, shared_fixture):
+    """Records as ``prepare`` makes them from the real Alpaca fixture: the source, a digest
+    of its bytes, the columns read and the rows kept, on the sweep run and on each trial run
+    it creates (a found run is left as it is)."""
+    from workers.config import DatasetSpec
+    from workers.data import dataset_record
+
+    alpaca = shared_fixture("alpaca_tiny.json")
+    record = dataset_record(DatasetSpec(source=str(alpaca)), "sft", str(tmp_path / "cache"), 40, 8)
+    hub = {**record, "name": "pref", "source": "org/pairs", "source_type": "hugging_face", "digest": "0123456789ab",
+           "columns": {"prompt": "question", "chosen": "a", "rejected": "b"}}
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = Tracker(uri, "exp", str(tmp_path))
+    tracker.datasets = [record, hub]
+    parent = tracker.start_parent("exp", {"name": "exp"})
+    child = tracker.trial_run(parent, "t1", "mix-lam0.5-seed0", {}, "main")
+    tracker.trial_run(parent, "t1", "mix-lam0.5-seed0", {}, "main")  # found again: no second set of inputs
+    client = MlflowClient(uri)
+    for run_id in (parent, child):
+        inputs = {d.dataset.name: d for d in client.get_run(run_id).inputs.dataset_inputs}
+        assert sorted(inputs) == ["pref", "sft"]
+        sft = inputs["sft"].dataset
+        assert json.loads(sft.source) == {"uri": str(alpaca.resolve())} and sft.source_type == "local"
+        assert len(sft.digest) == 12 and json.loads(sft.profile) == {"train_rows": 40, "eval_rows": 8}
+        assert [c["name"] for c in json.loads(sft.schema)["mlflow_colspec"]] == ["instruction", "input", "output"]
+        assert json.loads(inputs["pref"].dataset.source) == {"path": "org/pairs", "split": "train"}
+        assert {t.key: t.value for t in inputs["sft"].tags} == {"mlflow.data.context": "training"}
+    # The digest is of the file's bytes: another file, another digest.
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(json.loads(alpaca.read_text())[:1]))
+    assert dataset_record(DatasetSpec(source=str(other)), "sft", str(tmp_path / "cache"), 1, 0)["digest"] != record["digest"]
+
+
+def test_system_metrics_are_sampled_onto_the_sweep_run_while_it_runs(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = Tracker(uri, "exp", str(tmp_path))
+    parent = tracker.start_parent("exp", {"name": "exp"})
+    import time
+
+    with tracker.system_metrics(parent, 0.2):
+        time.sleep(1.5)
+    metrics = MlflowClient(uri).get_run(parent).data.metrics
+    assert 0 <= metrics["system/cpu_utilization_percentage"] <= 100 * (os.cpu_count() or 1)
+    assert metrics["system/system_memory_usage_megabytes"] > 0
+    steps = MlflowClient(uri).get_metric_history(parent, "system/cpu_utilization_percentage")
+    assert len(steps) >= 2
+    with tracker.system_metrics(parent, None):  # off
+        pass
