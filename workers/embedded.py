@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from workers.precision import kernels
 from workers.progress import progress_bar
 from workers.prompts import alpaca_prompt_text, render_prompt
 
@@ -163,13 +164,15 @@ def _pretrain(model, tokenizer, texts: list[str], recipe: dict) -> None:
 
 
 def build_key(recipe: dict = RECIPE) -> str:
-    """What the built bytes depend on: the recipe and the libraries that turn it into
-    weights (torch's kernels, transformers' initialisation, the BPE trainer)."""
+    """What the built bytes depend on: the recipe, the libraries that turn it into weights
+    (torch, transformers' initialisation, the BPE trainer) and the CPU kernels torch runs
+    (an AVX2 machine and an AVX-512 one build different bases)."""
     import tokenizers
     import torch
     import transformers
 
-    versions = {"torch": torch.__version__, "transformers": transformers.__version__, "tokenizers": tokenizers.__version__}
+    versions = {"torch": torch.__version__, "transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
+                "kernels": kernels("cpu")}
     return hashlib.sha256(json.dumps([recipe, versions], sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -15,6 +15,7 @@ import torch
 from workers.config import TrialConfig
 from workers.data import BatchStream, TokenTable, cached_tokenized, dataset_record
 from workers.model import add_lora, fused_optimizer, load_tokenizer, model_path, weights_identity
+from workers.precision import kernels
 from workers.reference import attach_reference, compute_shard, ensure_reference, pair_sets, reference_plan
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ def _read(cfg: TrialConfig, device: torch.device, shards: list[dict]) -> Inputs:
 def numerics(cfg: TrialConfig, device: torch.device) -> dict[str, str]:
     """What a trial's numbers depend on besides its config: recorded with every sweep."""
     return {"base_weights": weights_identity(cfg.model, cfg.cache_dir), "torch": torch.__version__,
-            "threads": str(cfg.threads), "device": device.type, "precision": cfg.train.precision,
+            "threads": str(cfg.threads), "device": device.type, "kernels": kernels(device), "precision": cfg.train.precision,
             "optimizer": f"torch.optim.AdamW(fused={fused_optimizer(device)})"}
 
 

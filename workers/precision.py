@@ -39,3 +39,16 @@ def grad_scaler(precision: str, device: "torch.device") -> "torch.amp.GradScaler
     import torch
 
     return torch.amp.GradScaler(device.type, enabled=precision == FP16_MIXED)
+
+
+def kernels(device: "torch.device | str") -> str:
+    """Which of torch's kernel sets computes on ``device``: the instruction set torch picked
+    on a CPU (``AVX2``, ``AVX512``, …), the model of a GPU. The same code and seed give other
+    float sums on another one: the embedded base built with torch's AVX2 kernels and with
+    its default ones are different weights."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return torch.backends.cpu.get_cpu_capability()

@@ -26,7 +26,7 @@ import torch
 from workers.cache import read_checked, write_checked
 from workers.data import collate_pairs, eval_batches
 from workers.forward import pair_logps
-from workers.precision import autocast, weights_dtype
+from workers.precision import autocast, kernels, weights_dtype
 from workers.progress import progress_bar
 
 log = logging.getLogger("rightsweep.reference")
@@ -50,7 +50,7 @@ def reference_key(cfg, device) -> str:
     from workers.model import weights_identity
 
     return (f"{weights_identity(cfg.model, cfg.cache_dir)}|{cfg.train.precision}|{torch.device(device).type}"
-            f"|threads={cfg.threads}|torch={torch.__version__}")
+            f"|threads={cfg.threads}|torch={torch.__version__}|kernels={kernels(device)}")
 
 
 def _malloc_trim():
