@@ -43,7 +43,8 @@ def machine() -> dict:
         "cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem_kb / 2**20, 1),
         "python": platform.python_version(), "torch": torch.__version__, "ray": version("ray"),
         "transformers": version("transformers"),
-        "torch_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "torch_threads": torch.get_num_threads(), "kernels": torch.backends.cpu.get_cpu_capability(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
 
 

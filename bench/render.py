@@ -350,6 +350,8 @@ def search_section(data: dict) -> list[str]:
                          f"×{r['hypervolume']['over_means']:.4f} over means; optimizer steps ×{r['optimizer_steps']:.3f}; "
                          f"wall ×{r['wall']:.3f} | |")
         lines += ["", *initial_box_lines(setting), ""]
+        for pair, r in setting.get("pairs", {}).items():
+            lines += [*pair_lines(pair, r, data["pairs"][pair]), ""]
     return lines
 
 
@@ -368,6 +370,47 @@ def initial_box_lines(setting: dict) -> list[str]:
         per = [hv["per_seed"][k] / grid["per_seed"][k] for k in hv["per_seed"]]
         lines.append(f"| {arm} | {pm(stats.mean_std(list(hv['per_seed'].values())), '{:.4f}')} | {hv['over_means']:.4f} | "
                      f"×{statistics.mean(per):.4f} ({', '.join(f'{v:.3f}' for v in per)}) | ×{hv['over_means'] / grid['over_means']:.4f} |")
+    return lines
+
+
+PAIR_WHAT = {
+    "small": "the search at the budget of a 3-λ grid: `grid-3` (λ {small}, 12 cells) against `adaptive-3` (from λ {coarse}, "
+             "budget 12 cells)",
+    "floor": "the early stopping with nothing protected: `grid` (λ {grid}) against `stop-all` (the same with "
+             "`sweep.early_stop={{protect: []}}`: Sequential can be stopped too)",
+}
+
+
+def pair_lines(pair: str, r: dict, run: dict) -> list[str]:
+    """A pair of arms measured later, side by side on its own machine (``bench.search --pair``)."""
+    from bench.search import COARSE, GRID, SMALL
+
+    m, base, other = run["machine"], r["base"], r["other"]
+    lines = [f"{PAIR_WHAT[pair].format(small=SMALL, coarse=COARSE, grid=GRID).capitalize()}; `{run['command']}`, {m['date']}, "
+             f"{m['cpu']} with torch's {m.get('kernels', '?')} kernels (another base than the tables above, so only this pair "
+             "compares), each box fixed across the two:", "",
+             f"| box | {base} per seed | {other} per seed | ÷ per seed | ÷ over means | schedules behind by more than one seed std |",
+             "|---|---|---|---|---|---|"]
+    for box, b in r["boxes"].items():
+        behind = [f"{s} ({w['mean_difference']:+.4f}, std {w['grid_seed_std']:.4f})" for s, w in b["per_schedule"].items()
+                  if w["mean_difference"] < -w["grid_seed_std"]]
+        hv = {arm: list(b["hv"][arm]["per_seed"].values()) for arm in (base, other)}
+        lines.append(f"| {box} | {pm(stats.mean_std(hv[base]), '{:.4f}')} | {pm(stats.mean_std(hv[other]), '{:.4f}')} | "
+                     f"×{b['mean']:.4f} ({', '.join(f'{v:.4f}' for v in b['per_seed'])}) | ×{b['over_means']:.4f} | "
+                     f"{', '.join(behind) or 'none'} |")
+    nadir, arms = r["boxes"]["nadir"], r["arms"]
+    if pair == "small":
+        target = (f"| adaptive-3 ÷ grid-3 hypervolume (nadir box), no schedule behind | ≥ 1.01, none | ×{nadir['mean']:.4f} | "
+                  f"{verdict(nadir['mean'] >= 1.01 and not any(w['mean_difference'] < -w['grid_seed_std'] for w in nadir['per_schedule'].values()))} |")
+    else:
+        target = (f"| stop-all ÷ grid: hypervolume (nadir box), optimizer steps, wall | ≥ 0.99, ≤ 0.60, ≤ 0.70 | ×{nadir['mean']:.4f}, "
+                  f"×{r['optimizer_steps']:.3f}, ×{r['wall']:.3f} | "
+                  f"{verdict(nadir['mean'] >= 0.99 and r['optimizer_steps'] <= 0.6 and r['wall'] <= 0.7)} |")
+    proposed = ", ".join(f"{p['schedule']} λ {p['lam']:g}" for p in arms[other]["proposals"])
+    lines += ["", "| figure | target | measured | |", "|---|---|---|---|", target, "",
+              f"Compute: {base} {arms[base]['optimizer_steps']:,} optimizer steps in {arms[base]['wall_s']:.0f} s, {other} "
+              f"{arms[other]['optimizer_steps']:,} in {arms[other]['wall_s']:.0f} s ({len(arms[other]['stopped'])} trials stopped)"
+              + (f"; proposed: {proposed}" if proposed else "") + "."]
     return lines
 
 

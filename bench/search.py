@@ -15,6 +15,8 @@ in a hypervolume.
 
     python -m bench.search [setting ...]    # default: every setting
     python -m bench.search --rescore        # both boxes again from the stored end points
+    python -m bench.search --pair small [setting ...]   # adaptive against a 3-λ grid at 12 cells
+    python -m bench.search --pair floor [setting ...]   # early stopping, nothing protected
 
 A second box, from (0, 0) to 1.1 × the initial model's point, is scored too: in the nadir
 box the far trials (Sequential's DPO losses of 4-8) set the scale, and every arm's front
@@ -31,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import quiet_offline, read_result, write_result
+from bench.common import machine, quiet_offline, read_result, write_result
 from bench.sweeps import run_sweep
 
 SEEDS = [0, 1, 2]
@@ -43,6 +45,20 @@ ARMS = {
     "grid-stop": [f"sweep.lams={GRID}", STOP],
     "adaptive": ["sweep.search=adaptive", f"sweep.lams={COARSE}", f"sweep.budget={4 * len(GRID)}"],
     "adaptive-stop": ["sweep.search=adaptive", f"sweep.lams={COARSE}", f"sweep.budget={4 * len(GRID)}", STOP],
+}
+# Pairs measured later, each side by side on one machine with its own baseline:
+# - small: the issue's replay saw the search's gain at 5-6 points per schedule, not at the
+#   5-λ grid's 20 cells: the search against a 3-λ grid at its 12 cells;
+# - floor: the early stopping with no schedule protected (Sequential's trials, a third of
+#   the grid's steps with the anchors, can be stopped too), against the 5-λ grid.
+SMALL = [0.25, 0.5, 0.75]
+PAIRS = {
+    "small": ("grid-3", "adaptive-3", {
+        "grid-3": [f"sweep.lams={SMALL}"],
+        "adaptive-3": ["sweep.search=adaptive", f"sweep.lams={COARSE}", f"sweep.budget={4 * len(SMALL)}"]}),
+    "floor": ("grid", "stop-all", {
+        "grid": ARMS["grid"],
+        "stop-all": [f"sweep.lams={GRID}", "sweep.early_stop={protect: []}"]}),
 }
 SETTINGS = {
     # name: (preset, overrides, what it is)
@@ -70,14 +86,15 @@ def end_points(cfg, sweep_dir: Path) -> tuple[list[dict], tuple[float, float]]:
     return out, initial
 
 
-def run_arm(setting: str, arm: str) -> dict:
+def run_arm(setting: str, arm: str, arm_overrides: dict | None = None) -> dict:
     from orchestrator import resume
     from orchestrator.config import load_config
 
     preset, overrides, _ = SETTINGS[setting]
-    name = f"search-{setting}-{arm}"
-    sets = [*overrides, f"sweep.seeds={SEEDS}", *ARMS[arm]]
-    print(f"{name}: {' '.join(ARMS[arm])}", flush=True)
+    name = f"search-{setting}-{arm}" + ("-pair" if arm_overrides else "")
+    arm_sets = arm_overrides[arm] if arm_overrides else ARMS[arm]
+    sets = [*overrides, f"sweep.seeds={SEEDS}", *arm_sets]
+    print(f"{name}: {' '.join(arm_sets)}", flush=True)
     r = run_sweep(name, preset, sets)
     cfg = load_config(preset, [f"storage={r['storage']}", f"name={name}", *sets])
     sweep_dir = Path(r["storage"]) / name
@@ -144,14 +161,48 @@ def score(setting: str, arms: dict) -> dict:
             "initial_box": {"reference": near, "hv": near_hv, "ratios": compare(arms, near_hv)}}
 
 
+def score_pair(arms: dict, base: str, other: str) -> dict:
+    """``other`` against ``base`` in both boxes, each fixed across the two arms, and their compute."""
+    every = [(p["sft"], p["dpo"]) for a in arms.values() for p in a["points"]] + [tuple(arms[base]["initial"])]
+    boxes = {"nadir": tuple(float(1.1 * v) for v in np.max(np.asarray(every), axis=0)),
+             "initial": tuple(float(1.1 * v) for v in arms[base]["initial"])}
+    out = {"base": base, "other": other, "arms": arms, "boxes": {},
+           "optimizer_steps": arms[other]["optimizer_steps"] / arms[base]["optimizer_steps"],
+           "wall": arms[other]["wall_s"] / arms[base]["wall_s"]}
+    for box, reference in boxes.items():
+        hv = {name: hypervolumes(a, reference) for name, a in arms.items()}
+        per = [hv[other]["per_seed"][str(s)] / hv[base]["per_seed"][str(s)] for s in SEEDS]
+        schedules = {sch: {"mean_difference": statistics.mean(hv[other]["per_schedule"].get(sch, {}).get(str(s), 0.0)
+                                                              - grid[str(s)] for s in SEEDS),
+                           "grid_seed_std": statistics.stdev(grid[str(s)] for s in SEEDS)}
+                     for sch, grid in hv[base]["per_schedule"].items()}
+        out["boxes"][box] = {"reference": reference, "hv": hv, "per_seed": per, "mean": statistics.mean(per),
+                             "over_means": hv[other]["over_means"] / hv[base]["over_means"], "per_schedule": schedules}
+    return out
+
+
 def main() -> None:
     quiet_offline()
     previous = read_result("search") or {}
     stored = previous.get("settings") or {}
+    kept = {k: v for k, v in previous.items() if k != "command"}  # the measuring machine's record stays
     if sys.argv[1:] == ["--rescore"]:  # both boxes again from the stored end points, on the machine that ran them
         command = previous["command"].split("; scored by")[0] + "; scored by python -m bench.search --rescore"
-        write_result("search", {"machine": previous["machine"], "settings": {name: score(name, s["arms"]) for name, s in stored.items()},
-                                "seeds": SEEDS}, command)
+        write_result("search", {**kept, "settings": {name: {**s, **score(name, s["arms"])} for name, s in stored.items()}},
+                     command)
+        return
+    if sys.argv[1:2] == ["--pair"]:  # one of PAIRS, added to the stored settings
+        pair, settings = sys.argv[2], sys.argv[3:] or list(SETTINGS)
+        base, other, overrides = PAIRS[pair]
+        for setting in settings:
+            r = score_pair({arm: run_arm(setting, arm, overrides) for arm in overrides}, base, other)
+            stored[setting].setdefault("pairs", {})[pair] = r
+            for box, b in r["boxes"].items():
+                print(f"  {setting}, {box} box: {other} ÷ {base} hypervolume ×{b['mean']:.4f} per seed "
+                      f"({', '.join(f'{v:.4f}' for v in b['per_seed'])}), ×{b['over_means']:.4f} over means; optimizer steps "
+                      f"×{r['optimizer_steps']:.3f}, wall ×{r['wall']:.3f}", flush=True)
+            runs = {**kept.get("pairs", {}), pair: {"machine": machine(), "command": " ".join(["python -m bench.search", *sys.argv[1:]])}}
+            write_result("search", {**kept, "settings": stored, "pairs": runs}, previous["command"])
         return
     names = sys.argv[1:] or list(SETTINGS)
     out = {k: v for k, v in stored.items() if k in SETTINGS and k not in names}
