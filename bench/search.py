@@ -125,37 +125,47 @@ def hypervolumes(arm: dict, reference: tuple[float, float]) -> dict:
     return {"per_seed": per_seed, "over_means": hv(means), "per_schedule": per_schedule}
 
 
+def boxes(arms: dict, initial: list[float]) -> dict[str, tuple[float, float]]:
+    """The two reference points, fixed across ``arms``: 1.1 × the nadir of every arm's end
+    points and the initial model, and 1.1 × the initial model's point."""
+    every = [(p["sft"], p["dpo"]) for a in arms.values() for p in a["points"]] + [tuple(initial)]
+    return {"nadir": tuple(float(1.1 * v) for v in np.max(np.asarray(every), axis=0)),
+            "initial": tuple(float(1.1 * v) for v in initial)}
+
+
+def hv_ratios(hv: dict, a: str, b: str) -> dict:
+    """``a`` ÷ ``b`` hypervolume, paired by seed, and over cell means."""
+    per = [hv[a]["per_seed"][str(s)] / hv[b]["per_seed"][str(s)] for s in SEEDS]
+    return {"per_seed": per, "mean": statistics.mean(per), "over_means": hv[a]["over_means"] / hv[b]["over_means"]}
+
+
+def schedule_differences(hv: dict, a: str, b: str) -> dict:
+    """Per schedule, ``a``'s mean per-seed hypervolume minus ``b``'s, and ``b``'s seed std."""
+    return {sch: {"mean_difference": statistics.mean(hv[a]["per_schedule"].get(sch, {}).get(str(s), 0.0) - base[str(s)]
+                                                     for s in SEEDS),
+                  "grid_seed_std": statistics.stdev(base[str(s)] for s in SEEDS)}
+            for sch, base in hv[b]["per_schedule"].items()}
+
+
 def compare(arms: dict, hv: dict) -> dict:
     """The ratios the issue asks for, paired by seed; ``hv``: each arm's ``hypervolumes``."""
     def ratio(a: str, b: str, key: str) -> float:
         return arms[a][key] / arms[b][key]
 
-    def hv_ratios(a: str, b: str) -> dict:
-        per = [hv[a]["per_seed"][str(s)] / hv[b]["per_seed"][str(s)] for s in SEEDS]
-        return {"per_seed": per, "mean": statistics.mean(per), "over_means": hv[a]["over_means"] / hv[b]["over_means"]}
-
     out = {}
     for a, b in (("adaptive", "grid"), ("grid-stop", "grid"), ("adaptive-stop", "adaptive"), ("adaptive-stop", "grid")):
-        out[f"{a}/{b}"] = {"hypervolume": hv_ratios(a, b), "optimizer_steps": ratio(a, b, "optimizer_steps"),
+        out[f"{a}/{b}"] = {"hypervolume": hv_ratios(hv, a, b), "optimizer_steps": ratio(a, b, "optimizer_steps"),
                            "wall": ratio(a, b, "wall_s"), "trials": ratio(a, b, "trials")}
-    worst = {}
-    for sch, grid_hv in hv["grid"]["per_schedule"].items():
-        ad = hv["adaptive"]["per_schedule"].get(sch, {str(s): 0.0 for s in SEEDS})
-        diff = statistics.mean(ad[str(s)] - grid_hv[str(s)] for s in SEEDS)
-        worst[sch] = {"mean_difference": diff, "grid_seed_std": statistics.stdev(grid_hv[str(s)] for s in SEEDS)}
-    out["adaptive_per_schedule"] = worst
+    out["adaptive_per_schedule"] = schedule_differences(hv, "adaptive", "grid")
     return out
 
 
 def score(setting: str, arms: dict) -> dict:
     """Both boxes of a setting's arms: the nadir box (each arm's ``hv``, the ``ratios``) and
     the initial model's (``initial_box``)."""
-    every = [(p["sft"], p["dpo"]) for a in arms.values() for p in a["points"]] + [tuple(arms["grid"]["initial"])]
-    nadir = np.max(np.asarray(every), axis=0)
-    reference = (float(1.1 * nadir[0]), float(1.1 * nadir[1]))
+    reference, near = boxes(arms, arms["grid"]["initial"]).values()
     for a in arms.values():
         a["hv"] = hypervolumes(a, reference)
-    near = tuple(float(1.1 * v) for v in arms["grid"]["initial"])
     near_hv = {name: hypervolumes(a, near) for name, a in arms.items()}
     return {"what": SETTINGS[setting][2], "reference": reference, "arms": arms, "ratios": compare(arms, {n: a["hv"] for n, a in arms.items()}),
             "initial_box": {"reference": near, "hv": near_hv, "ratios": compare(arms, near_hv)}}
@@ -163,21 +173,13 @@ def score(setting: str, arms: dict) -> dict:
 
 def score_pair(arms: dict, base: str, other: str) -> dict:
     """``other`` against ``base`` in both boxes, each fixed across the two arms, and their compute."""
-    every = [(p["sft"], p["dpo"]) for a in arms.values() for p in a["points"]] + [tuple(arms[base]["initial"])]
-    boxes = {"nadir": tuple(float(1.1 * v) for v in np.max(np.asarray(every), axis=0)),
-             "initial": tuple(float(1.1 * v) for v in arms[base]["initial"])}
     out = {"base": base, "other": other, "arms": arms, "boxes": {},
            "optimizer_steps": arms[other]["optimizer_steps"] / arms[base]["optimizer_steps"],
            "wall": arms[other]["wall_s"] / arms[base]["wall_s"]}
-    for box, reference in boxes.items():
+    for box, reference in boxes(arms, arms[base]["initial"]).items():
         hv = {name: hypervolumes(a, reference) for name, a in arms.items()}
-        per = [hv[other]["per_seed"][str(s)] / hv[base]["per_seed"][str(s)] for s in SEEDS]
-        schedules = {sch: {"mean_difference": statistics.mean(hv[other]["per_schedule"].get(sch, {}).get(str(s), 0.0)
-                                                              - grid[str(s)] for s in SEEDS),
-                           "grid_seed_std": statistics.stdev(grid[str(s)] for s in SEEDS)}
-                     for sch, grid in hv[base]["per_schedule"].items()}
-        out["boxes"][box] = {"reference": reference, "hv": hv, "per_seed": per, "mean": statistics.mean(per),
-                             "over_means": hv[other]["over_means"] / hv[base]["over_means"], "per_schedule": schedules}
+        out["boxes"][box] = {"reference": reference, "hv": hv, **hv_ratios(hv, other, base),
+                             "per_schedule": schedule_differences(hv, other, base)}
     return out
 
 
