@@ -14,7 +14,7 @@ import time
 import traceback
 
 PARTS = ("bench.paper", "bench.seeds", "bench.throughput", "bench.sweeps", "bench.memory", "bench.inputs", "bench.search",
-         "bench.own_data")
+         "bench.stop_replay", "bench.own_data")
 
 
 def main() -> int:

@@ -83,8 +83,8 @@ def save(fig, name: str):
     return path
 
 
-ARM_STYLE = {"grid": ("tab:gray", "s"), "grid-stop": ("tab:gray", "v"), "adaptive": ("tab:red", "o"),
-             "adaptive-stop": ("tab:red", "^")}
+ARM_STYLE = {"grid": ("tab:gray", "s"), "grid-stop": ("tab:gray", "v"), "grid-eager": ("tab:blue", "D"),
+             "adaptive": ("tab:red", "o"), "adaptive-stop": ("tab:red", "^")}
 
 
 def search_figure(data: dict):

@@ -299,18 +299,22 @@ def inputs_section(data: dict) -> list[str]:
     return lines
 
 
-def search_section(data: dict) -> list[str]:
-    """§6: the adaptive search and the early stopping against the grid (``bench.search``)."""
-    from bench.search import ARMS, COARSE, GRID
+def search_section(data: dict, replay: dict | None) -> list[str]:
+    """§6: the adaptive search and the early stopping against the grid (``bench.search``),
+    and the stopping rules replayed on its grids (``bench.stop_replay``)."""
+    from bench.search import ARMS, COARSE, EAGER, GRID
 
     seeds = data["seeds"]
+    replayed = (replay or {}).get("settings", {})
     lines = [
         "## 6. Adaptive λ and early stopping against the grid", "",
-        f"Four real sweeps per setting (`python -m bench.search`), back to back, seeds {seeds} in every arm: `grid` "
+        f"Five real sweeps per setting (`python -m bench.search`), back to back, seeds {seeds} in every arm: `grid` "
         f"(λ {GRID} for each of the 4 schedules, {4 * len(GRID)} cells), `grid-stop` (the same with `sweep.early_stop={{}}`: "
-        f"grace a quarter of the steps, ε 0.02, patience 2, Sequential protected), `adaptive` (`sweep.search: adaptive` "
+        f"grace a quarter of the steps, ε 0.02, patience 2, Sequential protected), `grid-eager` (the same with "
+        f"`{EAGER.split('=', 1)[1]}`: nothing protected, stopped at the first evaluation beaten after a sixth of the steps, "
+        f"the rule the replay below found on the default's grid), `adaptive` (`sweep.search: adaptive` "
         f"from λ {COARSE}, budget {4 * len(GRID)} cells: the grid's trial budget) and `adaptive-stop`. Hypervolume is the "
-        "share of one box per setting, the same for its four arms: (0, 0) to 1.1 × the nadir of every finished main trial "
+        "share of one box per setting, the same for its five arms: (0, 0) to 1.1 × the nadir of every finished main trial "
         "of every arm and the initial model. *Per seed* is the front of one seed's own trials (mean ± std over seeds, "
         "the arms paired by seed); *over means* is the sweep's front over cell means. Stopped trials count in the compute "
         "(optimizer steps of every trial, anchors included; the sweep's wall time) and in no hypervolume.", "",
@@ -326,7 +330,7 @@ def search_section(data: dict) -> list[str]:
             lines.append(f"| {arm} | {r['trials']} | {len(r['stopped'])} | {len(r['proposals'])} | {r['optimizer_steps']:,} | "
                          f"{r['wall_s']:.0f} s | {pm(stats.mean_std(hv), '{:.4f}')} | {r['hv']['over_means']:.4f} |")
         q = setting["ratios"]
-        ad, st = q["adaptive/grid"], q["grid-stop/grid"]
+        ad = q["adaptive/grid"]
         worst = q["adaptive_per_schedule"]
         behind = [f"{s} ({w['mean_difference']:+.4f}, seed std {w['grid_seed_std']:.4f})" for s, w in worst.items()
                   if w["mean_difference"] < -w["grid_seed_std"]]
@@ -336,22 +340,45 @@ def search_section(data: dict) -> list[str]:
             "", "| figure | target | measured | |", "|---|---|---|---|",
             f"| adaptive ÷ grid hypervolume, same trial budget | ≥ 1.01 | ×{ad['hypervolume']['mean']:.4f} per seed ({per(ad)}); "
             f"×{ad['hypervolume']['over_means']:.4f} over means | {verdict(ad['hypervolume']['mean'] >= 1.01)} |",
+            f"| every arm's cells together ÷ grid: the most any choice among them reaches | – | "
+            f"×{setting['ceiling']['mean']:.4f} per seed ({', '.join(f'{v:.4f}' for v in setting['ceiling']['per_seed'])}) | |",
             f"| adaptive: schedules behind the grid by more than one seed std | none | "
             f"{', '.join(behind) if behind else 'none'} (mean per-seed difference per schedule: "
             f"{differences}) | {verdict(not behind)} |",
-            f"| grid-stop ÷ grid hypervolume | ≥ 0.99 | ×{st['hypervolume']['mean']:.4f} per seed ({per(st)}); "
-            f"×{st['hypervolume']['over_means']:.4f} over means | {verdict(st['hypervolume']['mean'] >= 0.99)} |",
-            f"| grid-stop ÷ grid optimizer steps | ≤ 0.60 | ×{st['optimizer_steps']:.3f} | {verdict(st['optimizer_steps'] <= 0.6)} |",
-            f"| grid-stop ÷ grid wall time | ≤ 0.70 | ×{st['wall']:.3f} | {verdict(st['wall'] <= 0.7)} |",
         ]
+        for arm in ("grid-stop", "grid-eager"):
+            st = q[f"{arm}/grid"]
+            lines += [
+                f"| {arm} ÷ grid hypervolume | ≥ 0.99 | ×{st['hypervolume']['mean']:.4f} per seed ({per(st)}); "
+                f"×{st['hypervolume']['over_means']:.4f} over means | {verdict(st['hypervolume']['mean'] >= 0.99)} |",
+                f"| {arm} ÷ grid optimizer steps | ≤ 0.60 | ×{st['optimizer_steps']:.3f} | {verdict(st['optimizer_steps'] <= 0.6)} |",
+                f"| {arm} ÷ grid optimizer steps, had every stopped trial stopped at step 0 | – | "
+                f"×{st['unstopped_steps']:.3f} | |",
+                f"| {arm} ÷ grid wall time | ≤ 0.70 | ×{st['wall']:.3f} | {verdict(st['wall'] <= 0.7)} |",
+            ]
         for key in ("adaptive-stop/adaptive", "adaptive-stop/grid"):
             r = q[key]
             lines.append(f"| {key.replace('/', ' ÷ ')} | – | hypervolume ×{r['hypervolume']['mean']:.4f} per seed, "
                          f"×{r['hypervolume']['over_means']:.4f} over means; optimizer steps ×{r['optimizer_steps']:.3f}; "
                          f"wall ×{r['wall']:.3f} | |")
         lines += ["", *initial_box_lines(setting), ""]
+        if name in replayed:
+            lines += [*replay_lines(replayed[name], replay["command"]), ""]
         for pair, r in setting.get("pairs", {}).items():
             lines += [*pair_lines(pair, r, data["pairs"][pair]), ""]
+    return lines
+
+
+def replay_lines(r: dict, command: str) -> list[str]:
+    """The early stopping's rules replayed on this setting's grid (``bench.stop_replay``)."""
+    lines = [f"The rule replayed on the `grid` arm's trajectories, one trial at a time in the sweep's order (`{command}`; no "
+             f"training, so a real sweep with two slots spends a little more), ε {r['epsilon']}:", "",
+             "| grace | patience | protected | stopped | optimizer steps ÷ grid | training-loop seconds ÷ grid | "
+             "hypervolume ÷ grid per seed |", "|---|---|---|---|---|---|---|"]
+    for rule in r["rules"]:
+        lines.append(f"| {rule['grace']} | {rule['patience']} | {', '.join(rule['protect']) or 'none'} | {rule['stopped']} | "
+                     f"×{rule['optimizer_steps']:.3f} | ×{rule['loop_s']:.3f} | ×{rule['hypervolume']:.4f} "
+                     f"({', '.join(f'{v:.4f}' for v in rule['hypervolume_per_seed'])}) |")
     return lines
 
 
@@ -376,19 +403,16 @@ def initial_box_lines(setting: dict) -> list[str]:
 PAIR_WHAT = {
     "small": "the search at the budget of a 3-λ grid: `grid-3` (λ {small}, 12 cells) against `adaptive-3` (from λ {coarse}, "
              "budget 12 cells)",
-    "floor": "the early stopping with nothing protected: `grid` (λ {grid}) against `stop-all` (the same with "
-             "`sweep.early_stop={{protect: []}}`: Sequential can be stopped too)",
 }
 
 
 def pair_lines(pair: str, r: dict, run: dict) -> list[str]:
-    """A pair of arms measured later, side by side on its own machine (``bench.search --pair``)."""
-    from bench.search import COARSE, GRID, SMALL
+    """A pair of arms measured apart, side by side on its own machine (``bench.search --pair``)."""
+    from bench.search import COARSE, SMALL
 
     m, base, other = run["machine"], r["base"], r["other"]
-    lines = [f"{PAIR_WHAT[pair].format(small=SMALL, coarse=COARSE, grid=GRID).capitalize()}; `{run['command']}`, {m['date']}, "
-             f"{m['cpu']} with torch's {m.get('kernels', '?')} kernels (another base than the tables above, so only this pair "
-             "compares), each box fixed across the two:", "",
+    lines = [f"{PAIR_WHAT[pair].format(small=SMALL, coarse=COARSE).capitalize()}; `{run['command']}`, {m['date']}, "
+             f"{m['cpu']} with torch's {m.get('kernels', '?')} kernels, each box fixed across the two:", "",
              f"| box | {base} per seed | {other} per seed | ÷ per seed | ÷ over means | schedules behind by more than one seed std |",
              "|---|---|---|---|---|---|"]
     for box, b in r["boxes"].items():
@@ -399,15 +423,13 @@ def pair_lines(pair: str, r: dict, run: dict) -> list[str]:
                      f"×{b['mean']:.4f} ({', '.join(f'{v:.4f}' for v in b['per_seed'])}) | ×{b['over_means']:.4f} | "
                      f"{', '.join(behind) or 'none'} |")
     nadir, arms = r["boxes"]["nadir"], r["arms"]
-    if pair == "small":
-        target = (f"| adaptive-3 ÷ grid-3 hypervolume (nadir box), no schedule behind | ≥ 1.01, none | ×{nadir['mean']:.4f} | "
-                  f"{verdict(nadir['mean'] >= 1.01 and not any(w['mean_difference'] < -w['grid_seed_std'] for w in nadir['per_schedule'].values()))} |")
-    else:
-        target = (f"| stop-all ÷ grid: hypervolume (nadir box), optimizer steps, wall | ≥ 0.99, ≤ 0.60, ≤ 0.70 | ×{nadir['mean']:.4f}, "
-                  f"×{r['optimizer_steps']:.3f}, ×{r['wall']:.3f} | "
-                  f"{verdict(nadir['mean'] >= 0.99 and r['optimizer_steps'] <= 0.6 and r['wall'] <= 0.7)} |")
+    behind = any(w["mean_difference"] < -w["grid_seed_std"] for w in nadir["per_schedule"].values())
+    target = (f"| {other} ÷ {base} hypervolume (nadir box), no schedule behind | ≥ 1.01, none | ×{nadir['mean']:.4f}"
+              f"{', a schedule behind' if behind else ', none behind'} | {verdict(nadir['mean'] >= 1.01 and not behind)} |")
+    ceiling = (f"| both arms' cells together ÷ {base} (nadir box): the most any choice among them reaches | – | "
+               f"×{nadir['ceiling']['mean']:.4f} ({', '.join(f'{v:.4f}' for v in nadir['ceiling']['per_seed'])}) | |")
     proposed = ", ".join(f"{p['schedule']} λ {p['lam']:g}" for p in arms[other]["proposals"])
-    lines += ["", "| figure | target | measured | |", "|---|---|---|---|", target, "",
+    lines += ["", "| figure | target | measured | |", "|---|---|---|---|", target, ceiling, "",
               f"Compute: {base} {arms[base]['optimizer_steps']:,} optimizer steps in {arms[base]['wall_s']:.0f} s, {other} "
               f"{arms[other]['optimizer_steps']:,} in {arms[other]['wall_s']:.0f} s ({len(arms[other]['stopped'])} trials stopped)"
               + (f"; proposed: {proposed}" if proposed else "") + "."]
@@ -417,7 +439,7 @@ def pair_lines(pair: str, r: dict, run: dict) -> list[str]:
 def main() -> None:
     paper, seeds = read_result("paper_comparison"), read_result("seeds")
     throughput, sweeps, memory = read_result("throughput"), read_result("sweeps"), read_result("memory")
-    inputs, search = read_result("inputs"), read_result("search")
+    inputs, search, replay = read_result("inputs"), read_result("search"), read_result("stop_replay")
     present = [r for r in (paper, seeds, throughput, sweeps, memory, inputs, search) if r]
     if not present:
         raise SystemExit(f"no results in {RESULTS}: run `make bench` first")
@@ -436,7 +458,7 @@ def main() -> None:
         from bench.figures import search_figure
 
         search_figure(search)
-        lines += search_section(search)
+        lines += search_section(search, replay)
     analysis = ROOT / "bench" / "analysis.md"
     if analysis.exists():
         lines += [analysis.read_text().rstrip(), ""]

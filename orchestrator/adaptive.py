@@ -3,10 +3,13 @@
 
 Per schedule, the known cells (seed means of finished trials) sorted by λ, with the anchors
 as the ends every schedule shares — λ = 0 is SFT alone and λ = 1 DPO alone, whatever the
-schedule — form neighbour pairs. A pair whose points do not dominate one another leaves a
-gap in the front: the rectangle between them, in loss space normalised to the box of every
-known point. The next λ splits the pair with the largest gap, weighted by how much its
-schedule adds to the global front:
+schedule — form neighbour pairs. Whatever a λ between two neighbours gives, the best it can
+do is their ideal corner (the lower of each loss): the pair's gap is what that corner would
+add to the hypervolume of the global front (every schedule's cells and the anchors), in the
+box the report scores (``pareto.hypervolume_reference``), as a share of that box. A pair
+whose area other schedules already cover leaves no gap, however far apart its own points
+are. The next λ splits the pair with the largest gap, weighted by how much its schedule
+adds to the global front:
 
 - Mix, where λ really is a scalarisation weight ``(1−λ)·f_SFT + λ·f_DPO``, takes the weight
   whose level line is parallel to the segment between the pair (NISE, arXiv 1709.00797):
@@ -23,8 +26,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from orchestrator.pareto import hypervolume
 from workers.schedules import MIX
 
@@ -38,11 +39,13 @@ class Proposal:
     reason: str
 
 
-def pair_gap(a: tuple[float, float], b: tuple[float, float]) -> float:
-    """The area of the rectangle between two (normalised) points that do not dominate one
-    another; 0 when one does (no part of the front lies between them)."""
-    d_sft, d_dpo = b[0] - a[0], b[1] - a[1]
-    return abs(d_sft * d_dpo) if d_sft * d_dpo < 0 else 0.0
+def pair_gap(a: tuple[float, float], b: tuple[float, float], front: list[tuple[float, float]],
+             reference: tuple[float, float]) -> float:
+    """The share of the box (0, 0)–``reference`` that the ideal corner of ``a`` and ``b``
+    would add to what ``front`` dominates: 0 when one of the two dominates the other (their
+    corner is that point) or when ``front`` covers the rectangle between them."""
+    corner = (min(a[0], b[0]), min(a[1], b[1]))
+    return (hypervolume([*front, corner], reference) - hypervolume(front, reference)) / (reference[0] * reference[1])
 
 
 def nise_weight(a: tuple[float, float], b: tuple[float, float]) -> float | None:
@@ -55,13 +58,11 @@ def nise_weight(a: tuple[float, float], b: tuple[float, float]) -> float | None:
     return d_sft / (d_sft - d_dpo)
 
 
-def contributions(cells: dict[str, dict[float, tuple[float, float]]], shared: list[tuple[float, float]]) -> dict[str, float]:
+def contributions(cells: dict[str, dict[float, tuple[float, float]]], shared: list[tuple[float, float]],
+                  reference: tuple[float, float]) -> dict[str, float]:
     """Each schedule's share of the global front: the hypervolume lost without its cells
     (the anchors are everybody's), normalised to sum to 1; equal shares when none adds any."""
     every = [pt for by_lam in cells.values() for pt in by_lam.values()] + shared
-    if not every:
-        return {s: 1.0 / max(len(cells), 1) for s in cells}
-    reference = np.asarray(every, dtype=float).max(axis=0) * 1.1 + 1e-12
     total = hypervolume(every, reference)
     lost = {s: total - hypervolume([pt for t, by_lam in cells.items() if t != s for pt in by_lam.values()] + shared, reference)
             for s in cells}
@@ -70,21 +71,19 @@ def contributions(cells: dict[str, dict[float, tuple[float, float]]], shared: li
 
 
 def propose(cells: dict[str, dict[float, tuple[float, float]]], occupied: dict[str, set[float]],
-            ends: dict[float, tuple[float, float]], min_width: float) -> Proposal | None:
+            ends: dict[float, tuple[float, float]], min_width: float, reference: tuple[float, float]) -> Proposal | None:
     """The next cell to run, or None when no pair can be split.
 
     ``cells``: per schedule, λ → (f_SFT, f_DPO) seed means of its finished cells (the
     schedules to search are its keys); ``occupied``: per schedule, λs running, queued or
-    stopped (they split pairs but have no point); ``ends``: the anchors' points at λ 0 and 1.
+    stopped (they split pairs but have no point); ``ends``: the anchors' points at λ 0 and 1;
+    ``reference``: the corner of the box the hypervolume is scored in.
     A schedule's weight is half an even share and half its share of the global front, so
     no schedule starves while the budget leans to those that make the front."""
-    points = [pt for by_lam in cells.values() for pt in by_lam.values()] + list(ends.values())
-    if len(points) < 2:
+    front = [pt for by_lam in cells.values() for pt in by_lam.values()] + list(ends.values())
+    if len(front) < 2:
         return None
-    lo, hi = np.min(points, axis=0), np.max(points, axis=0)
-    span = np.where(hi - lo > 0, hi - lo, 1.0)
-    norm = lambda pt: tuple((np.asarray(pt, dtype=float) - lo) / span)  # noqa: E731
-    share = contributions(cells, list(ends.values()))
+    share = contributions(cells, list(ends.values()), reference)
     best: tuple[float, Proposal] | None = None
     for schedule, by_lam in cells.items():
         known = {**ends, **by_lam}
@@ -92,7 +91,7 @@ def propose(cells: dict[str, dict[float, tuple[float, float]]], occupied: dict[s
         weight = 0.5 / len(cells) + 0.5 * share[schedule]
         for lam_a, lam_b in zip(lams, lams[1:]):
             a, b = known[lam_a], known[lam_b]
-            gap = pair_gap(norm(a), norm(b))
+            gap = pair_gap(a, b, front, reference)
             inside = sorted(x for x in occupied.get(schedule, set()) if lam_a < x < lam_b)
             score = weight * gap / (1 + len(inside))
             cuts = [lam_a, *inside, lam_b]
@@ -104,7 +103,7 @@ def propose(cells: dict[str, dict[float, tuple[float, float]]], occupied: dict[s
             if w is not None:
                 lam, how = min(max(w, lam_a + min_width), lam_b - min_width), f"the NISE weight ({w:.3f})"
             lam = round(lam, DIGITS)
-            reason = (f"{how} of λ {lo_cut:g}–{hi_cut:g}: the largest front gap, {gap:.3f} of the normalised box "
+            reason = (f"{how} of λ {lo_cut:g}–{hi_cut:g}: the largest front gap, {gap:.3f} of the hypervolume box "
                       f"between λ {lam_a:g} and {lam_b:g}" + (f" (shared with {len(inside)} λ there)" if inside else "")
                       + f"; {schedule} holds {share[schedule]:.0%} of the front")
             best = (score, Proposal(schedule, lam, reason))

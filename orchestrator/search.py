@@ -19,6 +19,7 @@ from orchestrator import resume as stored
 from orchestrator.adaptive import propose
 from orchestrator.config import ExperimentConfig
 from orchestrator.earlystop import Dominance, Rule, Stop
+from orchestrator.pareto import hypervolume_reference, initial_point
 from orchestrator.space import Point, main_points
 from workers import metrics
 
@@ -66,7 +67,7 @@ class AdaptiveSearch(Searcher):
         anchors = [p for p in points if p.is_anchor]
         done = {p: t for p in points if (t := stored.finished_trajectory(self.sweep_dir, p.label)) is not None}
         if any(a not in done for a in anchors):
-            return  # the ends of every schedule's front, and the box it is normalised to
+            return  # the ends of every schedule's front
         ends = {lam: tuple(np.mean([losses(done[a][-1]) for a in anchors if a.lam == lam], axis=0))
                 for lam in (0.0, 1.0) if anchors}
         stops = stored.stopped(self.sweep_dir)
@@ -78,7 +79,11 @@ class AdaptiveSearch(Searcher):
                 cells[schedule][lam] = tuple(np.mean([losses(done[p][-1]) for p in seeds], axis=0))
             else:
                 occupied[schedule].add(lam)
-        found = propose(cells, occupied, ends, self.cfg.sweep.min_width)
+        # The box the report will score: every finished main trial's end point and the initial model.
+        ends_of_trials = [losses(t[-1]) for p, t in done.items() if not p.is_anchor and p.label not in stops]
+        reference, _ = hypervolume_reference(ends_of_trials, initial_point(list(done.values())),
+                                             self.cfg.sweep.hypervolume_reference)
+        found = propose(cells, occupied, ends, self.cfg.sweep.min_width, reference)
         if found is None:
             return
         record = stored.proposals(self.sweep_dir)

@@ -59,8 +59,11 @@ def main_points(schedules: list[str], lams: list[float], seeds: list[int]) -> li
 
 def sweep_points(schedules: list[str], lams: list[float], seeds: list[int], with_anchors: bool) -> list[Point]:
     """Every trial of a sweep in the order Tune starts them: the anchors first, MAXRIGHT
-    last (its trials wait for the anchors' f*; the others need none)."""
-    main = sorted(main_points(schedules, lams, seeds), key=lambda p: p.waits_for_anchors)
+    last (its trials wait for the anchors' f*; the others need none), and within each, every
+    cell's first seed before any cell's second: the early stopping has judged a cell on its
+    first seed before its others start, and stops them before they train at all."""
+    rank = {seed: i for i, seed in enumerate(seeds)}
+    main = sorted(main_points(schedules, lams, seeds), key=lambda p: (p.waits_for_anchors, rank[p.seed]))
     return (anchor_points(seeds) if with_anchors else []) + main
 
 

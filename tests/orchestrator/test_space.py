@@ -9,14 +9,14 @@ from orchestrator.pareto import Anchors
 from orchestrator.space import Point, apply_point, sweep_points
 
 
-def test_sweep_points_start_with_the_anchors_and_end_with_maxright():
+def test_sweep_points_start_with_the_anchors_and_end_with_maxright_each_seed_after_the_one_before():
     points = sweep_points(["maxright", "mix"], [0.25, 0.75], [3, 4], with_anchors=True)
     # Anchors for every seed: f* from one seed carried that seed's luck into every gap.
     assert [(p.stage, p.objective, p.seed) for p in points[:4]] == [
         ("anchor", "sft", 3), ("anchor", "dpo", 3), ("anchor", "sft", 4), ("anchor", "dpo", 4)]
     assert [(p.schedule, p.lam, p.seed) for p in points[4:]] == [
-        ("mix", 0.25, 3), ("mix", 0.25, 4), ("mix", 0.75, 3), ("mix", 0.75, 4),
-        ("maxright", 0.25, 3), ("maxright", 0.25, 4), ("maxright", 0.75, 3), ("maxright", 0.75, 4),
+        ("mix", 0.25, 3), ("mix", 0.75, 3), ("mix", 0.25, 4), ("mix", 0.75, 4),  # every cell's first seed first
+        ("maxright", 0.25, 3), ("maxright", 0.75, 3), ("maxright", 0.25, 4), ("maxright", 0.75, 4),
     ]
     assert sweep_points(["mix"], [0.5], [0], with_anchors=False) == [Point("main", "mix", 0.5, 0)]
 
