@@ -1,5 +1,5 @@
 """``make bench``: every benchmark, then BENCHMARKS.md. Offline; about 2 hours on 2 cores (41 minutes measured
-before bench.memory, which took 7; bench.inputs 25, bench.search 53, bench.own_data 5).
+before bench.memory, which took 7; bench.inputs 25, bench.search 85, bench.own_data 5).
 
 Each part writes ``bench/results/<part>.json`` as it finishes, so one part can be rerun
 alone (``python -m bench.paper``, ``bench.throughput``, ``bench.sweeps``) and the report
