@@ -20,10 +20,11 @@ from pathlib import Path
 from bench.common import WORK, quiet_offline, write_result
 from bench.search import ARMS, SEEDS, SETTINGS, boxes
 from orchestrator.config import EarlyStop
+from workers.schedules import SEQUENTIAL
 
 EPSILON = EarlyStop().epsilon  # the default
 # (grace as a share of the steps, patience, protected schedules)
-RULES = [(share, patience, protect) for protect in (("sequential",), ()) for share in (1 / 4, 1 / 6) for patience in (2, 1)]
+RULES = [(share, patience, protect) for protect in ((SEQUENTIAL,), ()) for share in (1 / 4, 1 / 6) for patience in (2, 1)]
 
 
 def replay(cfg, sweep_dir: Path, grace: int, patience: int, protect: tuple[str, ...]) -> dict:

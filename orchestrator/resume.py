@@ -92,6 +92,9 @@ def reported_points(sweep_dir: Path, label: str) -> list[dict]:
     """Every evaluation point the trial reported, from Tune's JSON lines and its
     trajectory; one per step, the last reported (a resumed trial reports its later steps again)."""
     by_step = {int(row[metrics.STEP]): row for row in _result_rows(sweep_dir, label) if metrics.SFT_LOSS in row}
+    judged = read_json(judged_file(sweep_dir, label), None)  # a driver killed before Tune wrote it down
+    if judged is not None:
+        by_step.setdefault(int(judged[metrics.STEP]), judged)
     for p in finished_trajectory(sweep_dir, label) or []:
         by_step[int(p[metrics.STEP])] = p
     return [by_step[s] for s in sorted(by_step)]
@@ -168,9 +171,16 @@ def stopped(sweep_dir: Path) -> dict[str, dict]:
             if (content := read_json(f, None)) is not None}
 
 
-def record_stop(sweep_dir: Path, label: str, step: int, by: str) -> None:
+def judged_file(sweep_dir: Path, label: str) -> Path:
+    """The evaluation a stopped trial was judged on, written with its stop: the driver can
+    die before Tune's own record of it reaches storage, and the trial is never rerun."""
+    return sweep_dir / "trials" / label / "judged.json"
+
+
+def record_stop(sweep_dir: Path, label: str, step: int, by: str, judged: dict) -> None:
     path = stop_file(sweep_dir, label)
     if not path.exists():  # the first stop stands: a report already on its way is judged again
+        write_json(judged_file(sweep_dir, label), judged)
         write_json(path, {"step": step, "by": by})
 
 

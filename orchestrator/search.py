@@ -131,6 +131,7 @@ class ParetoStop(FIFOScheduler):
             return TrialScheduler.CONTINUE
         # The trial ends itself at its next step (``stored.stop_file``): Tune's STOP would
         # kill its process and leave a Train run's workers holding their CPUs.
-        stored.record_stop(self.sweep_dir, p.label, stop.step, stop.by)
+        judged = {k: v for k, v in result.items() if k == metrics.STEP or k.startswith(metrics.TRAJECTORY_PREFIXES)}
+        stored.record_stop(self.sweep_dir, p.label, stop.step, stop.by, judged)
         log.info("early stop: %s at step %d, beaten by %s", p.label, stop.step, stop.by)
         return TrialScheduler.CONTINUE

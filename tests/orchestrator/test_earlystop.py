@@ -59,9 +59,12 @@ def test_a_stop_is_one_file_per_trial_and_the_first_stands(tmp_path):
     from orchestrator import resume
 
     assert resume.stopped(tmp_path) == {}
-    resume.record_stop(tmp_path, "maxright-lam0.5-seed0", 20, "mix-lam0.25-seed0")
-    resume.record_stop(tmp_path, "maxright-lam0.5-seed0", 40, "its cell")  # a later report, judged again
-    resume.record_stop(tmp_path, "alright-lam0.5-seed1", 30, "its cell")
+    judged = {"step": 20, "eval/sft_loss": 4.16, "eval/dpo_loss": 0.95}
+    resume.record_stop(tmp_path, "maxright-lam0.5-seed0", 20, "mix-lam0.25-seed0", judged)
+    resume.record_stop(tmp_path, "maxright-lam0.5-seed0", 40, "its cell", {**judged, "step": 40})  # a later report, judged again
+    resume.record_stop(tmp_path, "alright-lam0.5-seed1", 30, "its cell", {**judged, "step": 30})
+    # The driver died before Tune wrote the judged evaluation down: it is still the trial's, from its stop.
+    assert resume.reported_points(tmp_path, "maxright-lam0.5-seed0") == [judged]
     assert resume.stop_file(tmp_path, "alright-lam0.5-seed1") == tmp_path / "trials" / "alright-lam0.5-seed1" / "stopped.json"
     assert resume.stopped(tmp_path) == {"alright-lam0.5-seed1": {"step": 30, "by": "its cell"},
                                         "maxright-lam0.5-seed0": {"step": 20, "by": "mix-lam0.25-seed0"}}
