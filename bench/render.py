@@ -423,9 +423,9 @@ def pair_lines(pair: str, r: dict, run: dict) -> list[str]:
                      f"×{b['mean']:.4f} ({', '.join(f'{v:.4f}' for v in b['per_seed'])}) | ×{b['over_means']:.4f} | "
                      f"{', '.join(behind) or 'none'} |")
     nadir, arms = r["boxes"]["nadir"], r["arms"]
-    behind = any(w["mean_difference"] < -w["grid_seed_std"] for w in nadir["per_schedule"].values())
+    any_behind = any(w["mean_difference"] < -w["grid_seed_std"] for w in nadir["per_schedule"].values())
     target = (f"| {other} ÷ {base} hypervolume (nadir box), no schedule behind | ≥ 1.01, none | ×{nadir['mean']:.4f}"
-              f"{', a schedule behind' if behind else ', none behind'} | {verdict(nadir['mean'] >= 1.01 and not behind)} |")
+              f"{', a schedule behind' if any_behind else ', none behind'} | {verdict(nadir['mean'] >= 1.01 and not any_behind)} |")
     ceiling = (f"| both arms' cells together ÷ {base} (nadir box): the most any choice among them reaches | – | "
                f"×{nadir['ceiling']['mean']:.4f} ({', '.join(f'{v:.4f}' for v in nadir['ceiling']['per_seed'])}) | |")
     proposed = ", ".join(f"{p['schedule']} λ {p['lam']:g}" for p in arms[other]["proposals"])

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import statistics
 import sys
-from pathlib import Path
 
 from bench.common import WORK, quiet_offline, write_result
 from bench.search import ARMS, SEEDS, SETTINGS, boxes
@@ -27,16 +26,15 @@ EPSILON = EarlyStop().epsilon  # the default
 RULES = [(share, patience, protect) for protect in ((SEQUENTIAL,), ()) for share in (1 / 4, 1 / 6) for patience in (2, 1)]
 
 
-def replay(cfg, sweep_dir: Path, grace: int, patience: int, protect: tuple[str, ...]) -> dict:
-    from orchestrator import resume
+def replay(trials: list, total: int, grace: int, patience: int, protect: tuple[str, ...]) -> dict:
+    """``trials``: (point, finished trajectory) in the sweep's start order; ``total``: their steps."""
     from orchestrator.earlystop import Dominance, Rule
     from workers import metrics
 
     dominance = Dominance(Rule(grace, EPSILON, patience, protect))
-    total = cfg.trial.train.total_steps
     spent, seconds, stopped, ends = 0, 0.0, {}, []
-    for p in resume.sweep_points_on_storage(cfg, sweep_dir):
-        for row in resume.finished_trajectory(sweep_dir, p.label):
+    for p, trajectory in trials:
+        for row in trajectory:
             step, point = int(row[metrics.STEP]), (row[metrics.SFT_LOSS], row[metrics.DPO_LOSS])
             if dominance.observe(p.label, p.schedule, p.lam, p.seed, p.is_anchor, step, point) and step < total:
                 stopped[p.label] = step
@@ -51,15 +49,17 @@ def replay(cfg, sweep_dir: Path, grace: int, patience: int, protect: tuple[str, 
 
 def replay_setting(setting: str, name: str) -> dict:
     """Every rule of ``RULES`` on the grid sweep ``name`` of ``setting``, against that grid."""
+    from orchestrator import resume
     from orchestrator.config import load_config
-    from orchestrator.pareto import normalised_hypervolume
+    from orchestrator.pareto import initial_point, normalised_hypervolume
 
     preset, overrides, _ = SETTINGS[setting]
     storage = WORK / "sweeps" / name
     cfg = load_config(preset, [f"storage={storage}", f"name={name}", *overrides, f"sweep.seeds={SEEDS}", *ARMS["grid"]])
-    sweep_dir = storage / name
-    full = replay(cfg, sweep_dir, 0, 1, tuple(cfg.sweep.schedules))  # every schedule protected: the grid as it ran
-    reference = boxes({"grid": {"points": full["ends"]}}, initial_point(sweep_dir, cfg))["nadir"]
+    sweep_dir, total = storage / name, cfg.trial.train.total_steps
+    trials = [(p, resume.finished_trajectory(sweep_dir, p.label)) for p in resume.sweep_points_on_storage(cfg, sweep_dir)]
+    full = replay(trials, total, 0, 1, tuple(cfg.sweep.schedules))  # every schedule protected: the grid as it ran
+    reference = boxes({"grid": {"points": full["ends"]}}, initial_point([t for _, t in trials]))["nadir"]
 
     def hv(ends, seed):
         return normalised_hypervolume([(e["sft"], e["dpo"]) for e in ends if e["seed"] == seed and not e["stopped"]],
@@ -67,8 +67,8 @@ def replay_setting(setting: str, name: str) -> dict:
 
     rows = []
     for share, patience, protect in RULES:
-        grace = int(cfg.trial.train.total_steps * share)
-        r = replay(cfg, sweep_dir, grace, patience, protect)
+        grace = int(total * share)
+        r = replay(trials, total, grace, patience, protect)
         per_seed = [hv(r["ends"], s) / hv(full["ends"], s) for s in SEEDS]
         rows.append({"grace": grace, "patience": patience, "protect": list(protect), "stopped": len(r["stopped"]),
                      "optimizer_steps": r["spent"] / full["spent"], "loop_s": r["loop_s"] / full["loop_s"],
@@ -85,14 +85,6 @@ def main() -> None:
     names = sys.argv[1:] or list(SETTINGS)
     write_result("stop_replay", {"settings": {setting: replay_setting(setting, f"search-{setting}-grid") for setting in names}},
                  " ".join(["python -m bench.stop_replay", *sys.argv[1:]]))
-
-
-def initial_point(sweep_dir: Path, cfg) -> tuple[float, float]:
-    from orchestrator import resume
-    from workers import metrics
-
-    first = resume.finished_trajectory(sweep_dir, resume.sweep_points_on_storage(cfg, sweep_dir)[0].label)[0]
-    return first[metrics.SFT_LOSS], first[metrics.DPO_LOSS]
 
 
 if __name__ == "__main__":
